@@ -1,6 +1,18 @@
 //! mailhop: a store-and-forward SMTP relay on one thread and one `mio` loop.
+//!
+//! The way through the house:
+//!
+//! - [`smtp`]: the sans-IO core (parsers, the inbound state machine);
+//!   imports neither `mio` nor `rusqlite`.
+//! - [`event_loop`]: the only `mio` code: sockets, deadlines, group commit.
+//! - [`queue`]: the only SQL (with `schema/`).
+//! - [`policy`]: who may relay where, and each recipient's next hop.
+//! - [`config`] and [`cli`]: the TOML file and the command line.
 
+pub mod cli;
 pub mod config;
+pub mod event_loop;
 pub mod message;
+pub mod policy;
 pub mod queue;
 pub mod smtp;

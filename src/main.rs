@@ -1,1 +1,102 @@
-fn main() {}
+//! Thin: command line -> config -> queue and listeners -> ctrlc -> run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use log::{error, warn};
+
+use mailhop::cli::{Cli, Command, ServeArgs};
+use mailhop::config::Config;
+use mailhop::event_loop::{self, Server};
+use mailhop::queue::Queue;
+
+/// Bad command line or config (clap uses 2 as well).
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+        Command::CheckConfig(args) => match Config::load(args.config.as_deref()) {
+            Ok(config) => {
+                print!("{}", config.to_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => usage_error(&e),
+        },
+    }
+}
+
+fn usage_error(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("mailhop: {e}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let mut config = match Config::load(args.config.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => return usage_error(&e),
+    };
+    if !args.listen.is_empty() {
+        config.listen = args.listen;
+    }
+    if let Some(queue) = args.queue {
+        config.queue = queue;
+    }
+    if let Some(hostname) = args.hostname {
+        config.hostname = hostname;
+    }
+    raise_fd_limit();
+    let queue = match Queue::open(&config.queue) {
+        Ok(queue) => queue,
+        Err(e) => return fatal(&format!("cannot open queue {}: {e}", config.queue.display())),
+    };
+    let mut listeners = Vec::new();
+    for addr in &config.listen {
+        match event_loop::bind(*addr) {
+            Ok(listener) => listeners.push(listener),
+            Err(e) => return fatal(&format!("cannot listen on {addr}: {e}")),
+        }
+    }
+    let server = match Server::new(&config, listeners, queue) {
+        Ok(server) => server,
+        Err(e) => return fatal(&format!("cannot start the event loop: {e}")),
+    };
+    let handle = server.shutdown_handle();
+    let installed = ctrlc::set_handler(move || {
+        if handle.signal() > 0 {
+            // Second signal: leave now. Every 250 given was committed first.
+            eprintln!("mailhop: second signal, exiting at once");
+            std::process::exit(130);
+        }
+    });
+    if let Err(e) = installed {
+        return fatal(&format!("cannot install the signal handler: {e}"));
+    }
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fatal(&format!("event loop failed: {e}")),
+    }
+}
+
+fn fatal(message: &str) -> ExitCode {
+    error!("{message}");
+    ExitCode::FAILURE
+}
+
+/// Thousands of sessions need thousands of descriptors: take the hard limit.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                warn!("cannot raise the open file limit");
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Inbound sessions on the loop: accept, read, feed the state machine,
+//! write its replies, close.
+//!
+//! Sockets are registered once for READABLE | WRITABLE (edge-triggered) and
+//! never re-registered; `readable` / `writable` remember an edge until a
+//! `WouldBlock` consumes it. What the session wants decides whether we read
+//! (see `Session::wants_input`), which is the backpressure against clients
+//! that pipeline without reading, without an `epoll_ctl` per state change.
+
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::time::Instant;
+
+use log::debug;
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+
+use super::{Server, LISTENER_BASE};
+use crate::smtp::server::{Env, Session};
+
+/// Input a session may hold unconsumed: a partial command line is at most
+/// 4 KiB, the rest is pipelined input waiting for a commit or for the
+/// client to read its replies.
+const MAX_PENDING_INPUT: usize = 64 * 1024;
+/// Bytes read from one session per loop turn before others get a go.
+const READ_BUDGET: usize = 256 * 1024;
+/// Buffers grown by a burst are given back once empty.
+const KEEP_CAPACITY: usize = 16 * 1024;
+
+pub(super) struct Conn {
+    stream: TcpStream,
+    pub(super) session: Session,
+    ip: IpAddr,
+    /// Input read but not yet consumed by the session.
+    inbuf: Vec<u8>,
+    readable: bool,
+    writable: bool,
+    eof: bool,
+    pub(super) last_active: Instant,
+    /// The entry this connection has in `Server::deadlines`.
+    pub(super) deadline: Instant,
+}
+
+impl Server {
+    pub(super) fn accept(&mut self, index: usize) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = self.listeners.get(index) else { return };
+            let (mut stream, addr) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+                    return self.pause_accepting(&e);
+                }
+                Err(e) => {
+                    debug!("accept: {e}");
+                    continue;
+                }
+            };
+            let ip = addr.ip().to_canonical();
+            let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+            let refusal = if self.conns.len() >= self.max_connections {
+                Some("Error: too many connections")
+            } else if from_ip >= self.max_connections_per_ip {
+                Some("Error: too many connections from your address")
+            } else {
+                None
+            };
+            if let Some(text) = refusal {
+                // Best effort, without a slot: one write, then close.
+                let mut session = Session::refuse(&self.settings, ip, text);
+                let _ = stream.write(session.output());
+                debug!("refused [{ip}]: {text}");
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            if key >= LISTENER_BASE
+                || self
+                    .poll
+                    .registry()
+                    .register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
+                    .is_err()
+            {
+                continue;
+            }
+            let deadline = self.now + self.idle_timeout;
+            entry.insert(Conn {
+                stream,
+                session: Session::new(&self.settings, ip),
+                ip,
+                inbuf: Vec::new(),
+                readable: false,
+                writable: true,
+                eof: false,
+                last_active: self.now,
+                deadline,
+            });
+            self.deadlines.insert((deadline, key));
+            *self.per_ip.entry(ip).or_insert(0) += 1;
+            debug!("connect from [{ip}] as session {key}");
+            self.drive(key);
+        }
+    }
+
+    pub(super) fn conn_event(&mut self, key: usize, readable: bool, writable: bool) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        conn.readable |= readable;
+        conn.writable |= writable;
+        self.drive(key);
+    }
+
+    /// Moves one session as far as it can go now: feed held input, write
+    /// replies, read more while the session wants it; then close it if done.
+    pub(super) fn drive(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let mut env = Env {
+            settings: &self.settings,
+            now: self.wall,
+            ids: &mut self.ids,
+        };
+        let mut budget = READ_BUDGET;
+        let mut failed = false;
+        loop {
+            if !conn.inbuf.is_empty() && conn.session.wants_input() {
+                let used = conn.session.receive(&conn.inbuf, &mut env);
+                conn.inbuf.drain(..used);
+                if let Some(message) = conn.session.take_accepted() {
+                    self.to_commit.push((key, message));
+                }
+            }
+            if conn.writable && !conn.session.output().is_empty() {
+                match write_out(&mut conn.stream, conn.session.output()) {
+                    Ok(blocked) => conn.writable = !blocked,
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            let may_read = conn.readable
+                && !conn.eof
+                && budget > 0
+                && conn.session.wants_input()
+                && conn.inbuf.len() < MAX_PENDING_INPUT;
+            if !may_read {
+                break;
+            }
+            match conn.stream.read(&mut self.scratch) {
+                Ok(0) => conn.eof = true,
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    conn.last_active = self.now;
+                    let input = &self.scratch[..n];
+                    if conn.inbuf.is_empty() {
+                        let used = conn.session.receive(input, &mut env);
+                        conn.inbuf.extend_from_slice(&input[used..]);
+                        if let Some(message) = conn.session.take_accepted() {
+                            self.to_commit.push((key, message));
+                        }
+                    } else {
+                        conn.inbuf.extend_from_slice(input);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if conn.inbuf.is_empty() && conn.inbuf.capacity() > KEEP_CAPACITY {
+            conn.inbuf = Vec::new();
+        }
+        let out = conn.session.output();
+        if out.is_empty() && out.capacity() > KEEP_CAPACITY {
+            *out = Vec::new();
+        }
+        // After EOF, what is still held is fed once a commit returns; a
+        // message cut off inside DATA is simply dropped.
+        let done = failed
+            || (conn.session.is_closed() && conn.session.output().is_empty())
+            || (conn.eof
+                && !conn.session.awaiting_commit()
+                && (conn.inbuf.is_empty() || conn.session.wants_input()));
+        if done {
+            self.close(key);
+        } else if budget == 0 && conn.readable {
+            self.runnable.push(key);
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        let conn = self.conns.remove(key);
+        self.deadlines.remove(&(conn.deadline, key));
+        if let Some(count) = self.per_ip.get_mut(&conn.ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&conn.ip);
+            }
+        }
+        debug!("disconnect [{}] session {key}", conn.ip);
+    }
+}
+
+/// Writes as much of `out` as the socket takes; true when it would block.
+fn write_out(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<bool> {
+    let mut written = 0;
+    let result = loop {
+        if written == out.len() {
+            break Ok(false);
+        }
+        match stream.write(&out[written..]) {
+            Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    out.drain(..written);
+    result
+}

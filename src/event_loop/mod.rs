@@ -1,0 +1,292 @@
+//! The only `mio` code: one `Poll`, the listeners on fixed tokens, the
+//! sessions in a `Slab`, the deadlines that set the poll timeout, the group
+//! commit at the end of each turn, and the shutdown drain.
+
+mod inbound;
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use hashbrown::HashMap;
+use log::{error, info, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::config::Config;
+use crate::message::{Message, QueueIds};
+use crate::queue::Queue;
+use crate::smtp::server::Settings;
+use inbound::Conn;
+
+/// Accept backlog: bursts of connections are queued, not dropped at SYN.
+const LISTEN_BACKLOG: i32 = 1024;
+const WAKER: Token = Token(usize::MAX - 1);
+/// Listener `i` has token `LISTENER_BASE + i`; sessions are slab keys below.
+const LISTENER_BASE: usize = usize::MAX - 1 - 1024;
+/// How long sessions inside DATA may go on after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Back-off after accept fails for want of file descriptors.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Binds a listening socket with a large backlog (std and mio use 128).
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Lets a signal handler (another thread) ask the loop to stop.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    waker: Arc<Waker>,
+    signals: Arc<AtomicUsize>,
+}
+
+impl ShutdownHandle {
+    /// Asks for a graceful stop; returns how many times it was asked before.
+    pub fn signal(&self) -> usize {
+        let before = self.signals.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            error!("cannot wake the event loop: {e}");
+        }
+        before
+    }
+}
+
+/// A connection's timer entry: when, and which slab key.
+type Deadline = (Instant, usize);
+
+pub struct Server {
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    conns: Slab<Conn>,
+    per_ip: HashMap<std::net::IpAddr, usize>,
+    deadlines: BTreeSet<Deadline>,
+    settings: Settings,
+    idle_timeout: Duration,
+    max_connections: usize,
+    max_connections_per_ip: usize,
+    queue: Queue,
+    ids: QueueIds,
+    /// One read buffer for all sessions, so idle ones hold none.
+    scratch: Vec<u8>,
+    /// Messages that reached end of data this turn: (slab key, message).
+    to_commit: Vec<(usize, Message)>,
+    /// Sessions with input left after their per-turn read budget.
+    runnable: Vec<usize>,
+    waker: Arc<Waker>,
+    signals: Arc<AtomicUsize>,
+    shutdown: Option<Instant>,
+    accept_paused_until: Option<Instant>,
+    now: Instant,
+    wall: SystemTime,
+}
+
+impl Server {
+    /// Takes listeners already bound (by [`bind`]) and the opened queue.
+    pub fn new(config: &Config, listeners: Vec<std::net::TcpListener>, queue: Queue) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut mio_listeners = Vec::with_capacity(listeners.len());
+        for (i, listener) in listeners.into_iter().enumerate() {
+            listener.set_nonblocking(true)?;
+            let mut listener = TcpListener::from_std(listener);
+            poll.registry()
+                .register(&mut listener, Token(LISTENER_BASE + i), Interest::READABLE)?;
+            mio_listeners.push(listener);
+        }
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok(Server {
+            poll,
+            listeners: mio_listeners,
+            conns: Slab::with_capacity(1024),
+            per_ip: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            settings: Settings::new(config),
+            idle_timeout: config.timeouts.server_idle,
+            max_connections: config.max_connections,
+            max_connections_per_ip: config.max_connections_per_ip,
+            queue,
+            ids: QueueIds::default(),
+            scratch: vec![0; 64 * 1024],
+            to_commit: Vec::new(),
+            runnable: Vec::new(),
+            waker,
+            signals: Arc::new(AtomicUsize::new(0)),
+            shutdown: None,
+            accept_paused_until: None,
+            now: Instant::now(),
+            wall: SystemTime::now(),
+        })
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            waker: self.waker.clone(),
+            signals: self.signals.clone(),
+        }
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    /// Runs until a shutdown signal has been handled; Ok means a clean stop.
+    pub fn run(mut self) -> io::Result<()> {
+        for addr in self.local_addrs() {
+            info!("listening on {addr}");
+        }
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            self.now = Instant::now();
+            self.wall = SystemTime::now();
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => self.check_signals(),
+                    Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
+                    Token(key) => self.conn_event(key, event.is_readable(), event.is_writable()),
+                }
+            }
+            self.run_runnable();
+            self.fire_deadlines();
+            if self.accept_paused_until.is_some_and(|t| t <= self.now) {
+                self.accept_paused_until = None;
+                for i in 0..self.listeners.len() {
+                    self.accept(i);
+                }
+            }
+            self.commit();
+            if let Some(deadline) = self.shutdown {
+                if self.conns.is_empty() || self.now >= deadline {
+                    self.commit();
+                    info!("stopped; {} session(s) cut off", self.conns.len());
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.runnable.is_empty() || !self.to_commit.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let next = [
+            self.deadlines.first().map(|d| d.0),
+            self.shutdown,
+            self.accept_paused_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
+        Some(next.saturating_duration_since(Instant::now()))
+    }
+
+    fn check_signals(&mut self) {
+        if self.signals.load(Ordering::SeqCst) == 0 || self.shutdown.is_some() {
+            return;
+        }
+        info!("shutting down: closing listeners, finishing messages in progress");
+        self.shutdown = Some(self.now + SHUTDOWN_GRACE);
+        for mut listener in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.conns[key].session.shutdown(&self.settings);
+            self.drive(key);
+        }
+    }
+
+    /// Group commit: everything that reached end of data this turn shares
+    /// one transaction; only then are the 250s (or 451s) written.
+    fn commit(&mut self) {
+        if self.to_commit.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.to_commit);
+        let messages: Vec<&Message> = batch.iter().map(|(_, m)| m).collect();
+        let result = self.queue.commit(&messages);
+        if let Err(e) = &result {
+            error!("queue commit of {} message(s) failed: {e}", batch.len());
+        }
+        for (key, message) in &batch {
+            if result.is_ok() {
+                info!(
+                    "{}: from=<{}> size={} nrcpt={} client=[{}] helo={}",
+                    message.id,
+                    message.sender,
+                    message.body.len(),
+                    message.recipients.len(),
+                    message.client_ip,
+                    message.helo
+                );
+            }
+            let reply = result.as_ref().map(|_| message.id.as_str()).map_err(|_| ());
+            // A session awaiting its commit is never closed, so the key is its.
+            if let Some(conn) = self.conns.get_mut(*key) {
+                conn.session.committed(reply, &self.settings);
+            }
+        }
+        for (key, _) in batch {
+            if self.conns.contains(key) {
+                self.drive(key);
+            }
+        }
+    }
+
+    fn fire_deadlines(&mut self) {
+        while let Some(&(when, key)) = self.deadlines.first() {
+            if when > self.now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            if conn.deadline != when {
+                continue;
+            }
+            let due = conn.last_active + self.idle_timeout;
+            if due > self.now {
+                // Activity since the entry was made: move it, once, here
+                // rather than on every read.
+                conn.deadline = due;
+                self.deadlines.insert((due, key));
+                continue;
+            }
+            conn.session.timeout(&self.settings);
+            self.drive(key);
+        }
+    }
+
+    fn run_runnable(&mut self) {
+        for key in std::mem::take(&mut self.runnable) {
+            if self.conns.contains(key) {
+                self.drive(key);
+            }
+        }
+    }
+
+    fn pause_accepting(&mut self, e: &io::Error) {
+        if self.accept_paused_until.is_none() {
+            warn!("accept failed: {e}; pausing accepts for {ACCEPT_RETRY:?}");
+        }
+        self.accept_paused_until = Some(self.now + ACCEPT_RETRY);
+    }
+}

@@ -1,0 +1,441 @@
+//! The inbound SMTP session as a pure state machine: the event loop feeds
+//! it bytes and takes back reply bytes and, at the end of data, a
+//! [`Message`] to commit. It never touches a socket, a clock or SQL; time
+//! and queue IDs come in through [`Env`].
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use memchr::memchr;
+
+use super::address::{ForwardPath, ReversePath};
+use super::command::{self, BodyType, Command, CommandError, MailParams};
+use super::data::{count_received, BareLineEnds, DataError, DataReader};
+use crate::config::Config;
+use crate::message::{Message, QueueIds, Recipient};
+use crate::policy::{Policy, Refusal};
+
+/// Command lines, CRLF included (RFC 5321 4.5.3.1.4).
+const MAX_COMMAND_LINE: usize = 512;
+/// MAIL and RCPT lines may carry parameters (RFC 5321 4.5.3.1.4, RFC 1869).
+const MAX_MAIL_RCPT_LINE: usize = 4096;
+/// Stop taking input while this much output waits for a client that does
+/// not read (pipelining backpressure).
+const OUTPUT_HIGH_WATER: usize = 16 * 1024;
+/// Postfix `smtpd_hard_error_limit`.
+const MAX_ERRORS: u32 = 10;
+
+/// What every inbound session shares, derived once from the config.
+#[derive(Debug)]
+pub struct Settings {
+    pub hostname: String,
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    pub max_hops: usize,
+    pub bare_lf: BareLineEnds,
+    pub policy: Policy,
+    greeting: String,
+    ehlo_extensions: String,
+}
+
+impl Settings {
+    pub fn new(config: &Config) -> Settings {
+        let mut ehlo_extensions = String::new();
+        for ext in [
+            "PIPELINING".to_string(),
+            format!("SIZE {}", config.max_message_size),
+            "8BITMIME".to_string(),
+            "ENHANCEDSTATUSCODES".to_string(),
+        ] {
+            let _ = write!(ehlo_extensions, "250-{ext}\r\n");
+        }
+        ehlo_extensions.push_str("250 SMTPUTF8\r\n");
+        Settings {
+            hostname: config.hostname.clone(),
+            max_message_size: config.max_message_size as usize,
+            max_recipients: config.max_recipients,
+            max_hops: config.max_hops,
+            bare_lf: config.bare_lf,
+            policy: Policy::new(config),
+            greeting: format!("220 {} ESMTP mailhop\r\n", config.hostname),
+            ehlo_extensions,
+        }
+    }
+}
+
+/// What a call needs from outside the machine.
+pub struct Env<'a> {
+    pub settings: &'a Settings,
+    pub now: SystemTime,
+    pub ids: &'a mut QueueIds,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Before HELO/EHLO.
+    Fresh,
+    /// Greeted, no transaction.
+    Ready,
+    /// MAIL accepted; taking RCPTs.
+    Mail(Box<Transaction>),
+    /// After 354: reading the message.
+    Data(Box<Transaction>, DataReader),
+    /// The message is handed to the loop; input waits for the commit.
+    Committing,
+    /// The last reply is written; the loop closes after flushing.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct Transaction {
+    reverse_path: String,
+    sender: String,
+    params: MailParams,
+    recipients: Vec<Recipient>,
+    /// Queue ID, given at DATA so the `Received:` line can carry it.
+    id: String,
+    /// Our `Received:` line, then the data as it arrives.
+    body: Vec<u8>,
+    received_len: usize,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    state: State,
+    client: IpAddr,
+    helo: String,
+    esmtp: bool,
+    errors: u32,
+    /// Discarding the rest of an over-long command line.
+    discarding: bool,
+    shutting_down: bool,
+    out: Vec<u8>,
+    accepted: Option<Message>,
+}
+
+impl Session {
+    /// A new session, its greeting already in the output.
+    pub fn new(settings: &Settings, client: IpAddr) -> Session {
+        let mut session = Session {
+            state: State::Fresh,
+            client: client.to_canonical(),
+            helo: String::new(),
+            esmtp: false,
+            errors: 0,
+            discarding: false,
+            shutting_down: false,
+            out: Vec::new(),
+            accepted: None,
+        };
+        session.out.extend_from_slice(settings.greeting.as_bytes());
+        session
+    }
+
+    /// Turned away at connect time (too many connections): one reply, close.
+    pub fn refuse(settings: &Settings, client: IpAddr, text: &str) -> Session {
+        let mut session = Session::new(settings, client);
+        session.out.clear();
+        session.close_with(&format!("421 4.7.0 {} {text}", settings.hostname));
+        session
+    }
+
+    /// Bytes waiting to be written to the client; the caller drains it.
+    pub fn output(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// Whether input should be read and fed now.
+    pub fn wants_input(&self) -> bool {
+        !matches!(self.state, State::Committing | State::Closed) && self.out.len() < OUTPUT_HIGH_WATER
+    }
+
+    /// Inside DATA or waiting for its commit: shutdown lets these finish.
+    pub fn in_transaction_data(&self) -> bool {
+        matches!(self.state, State::Data(..) | State::Committing)
+    }
+
+    /// The message is with the loop for its commit; nothing else moves.
+    pub fn awaiting_commit(&self) -> bool {
+        matches!(self.state, State::Committing)
+    }
+
+    /// The message that reached end of data, to be committed by the loop.
+    pub fn take_accepted(&mut self) -> Option<Message> {
+        self.accepted.take()
+    }
+
+    /// Feeds input; returns how many bytes were consumed. Unconsumed bytes
+    /// (a partial command line, or anything after a message waiting for its
+    /// commit) must be fed again later, followed by newer input.
+    pub fn receive(&mut self, input: &[u8], env: &mut Env<'_>) -> usize {
+        let mut pos = 0;
+        while pos < input.len() && self.wants_input() {
+            if let State::Data(txn, reader) = &mut self.state {
+                let (used, done) = reader.feed(&input[pos..], &mut txn.body);
+                pos += used;
+                if done {
+                    self.end_of_data(env);
+                }
+                continue;
+            }
+            let rest = &input[pos..];
+            let Some(lf) = memchr(b'\n', rest) else {
+                if self.discarding || rest.len() >= MAX_MAIL_RCPT_LINE {
+                    self.discarding = true;
+                    pos = input.len();
+                }
+                break;
+            };
+            pos += lf + 1;
+            let line = &rest[..lf];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if std::mem::take(&mut self.discarding) || line.len() + 2 > line_limit(line) {
+                self.error("500 5.5.6 Error: line too long");
+            } else {
+                self.command(line, env);
+            }
+        }
+        pos
+    }
+
+    /// The commit of the accepted message finished: the delayed reply.
+    pub fn committed(&mut self, result: Result<&str, ()>, settings: &Settings) {
+        debug_assert!(matches!(self.state, State::Committing));
+        self.state = State::Ready;
+        match result {
+            Ok(id) => self.reply(&format!("250 2.0.0 Ok: queued as {id}")),
+            Err(()) => self.reply("451 4.3.0 Error: queue file write error, try again later"),
+        }
+        if self.shutting_down {
+            self.shutdown(settings);
+        }
+    }
+
+    /// The client was idle too long.
+    pub fn timeout(&mut self, settings: &Settings) {
+        if !self.is_closed() {
+            self.close_with(&format!("421 4.4.2 {} Error: timeout exceeded", settings.hostname));
+        }
+    }
+
+    /// The server is stopping: close now unless a message is being
+    /// received, which is let finish first.
+    pub fn shutdown(&mut self, settings: &Settings) {
+        self.shutting_down = true;
+        if !self.in_transaction_data() && !self.is_closed() {
+            self.close_with(&format!("421 4.3.2 {} Service shutting down", settings.hostname));
+        }
+    }
+
+    fn command(&mut self, line: &[u8], env: &mut Env<'_>) {
+        let settings = env.settings;
+        let command = match command::parse(line) {
+            Ok(command) => command,
+            Err(CommandError::Unknown) => return self.error("500 5.5.2 Error: command not recognized"),
+            Err(CommandError::Syntax(why)) => return self.error(&format!("501 5.5.4 Syntax error: {why}")),
+            Err(CommandError::UnknownParameter(what)) => {
+                return self.error(&format!("555 5.5.4 Unsupported option: {what}"))
+            }
+        };
+        match command {
+            Command::Helo(name) | Command::Ehlo(name) => {
+                self.helo = name.to_string();
+                self.esmtp = matches!(command, Command::Ehlo(_));
+                self.state = State::Ready;
+                if self.esmtp {
+                    let _ = write!(self.out_str(), "250-{}\r\n", settings.hostname);
+                    self.out.extend_from_slice(settings.ehlo_extensions.as_bytes());
+                } else {
+                    self.reply(&format!("250 2.0.0 {}", settings.hostname));
+                }
+            }
+            Command::Mail { path, params } => self.mail(path, params, settings),
+            Command::Rcpt { path } => self.rcpt(path, settings),
+            Command::Data => self.data(env),
+            Command::Rset => {
+                if !matches!(self.state, State::Fresh) {
+                    self.state = State::Ready;
+                }
+                self.reply("250 2.0.0 Ok");
+            }
+            Command::Noop => self.reply("250 2.0.0 Ok"),
+            Command::Quit => self.close_with("221 2.0.0 Bye"),
+            Command::Vrfy => self.reply("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"),
+            Command::Help => self.reply("214 2.0.0 See RFC 5321"),
+            Command::NotImplemented(_) => self.error("502 5.5.1 Error: command not implemented"),
+        }
+    }
+
+    fn mail(&mut self, path: ReversePath, params: MailParams, settings: &Settings) {
+        match self.state {
+            State::Fresh => return self.error("503 5.5.1 Error: send HELO/EHLO first"),
+            State::Mail(_) => return self.error("503 5.5.1 Error: nested MAIL command"),
+            _ => {}
+        }
+        if params.size.is_some_and(|size| size > settings.max_message_size as u64) {
+            return self.reply("552 5.3.4 Message size exceeds fixed maximum message size");
+        }
+        let (sender, reverse_path) = match &path {
+            ReversePath::Null => (String::new(), String::new()),
+            ReversePath::Path(p) => {
+                if !p.is_ascii() && !params.smtputf8 {
+                    return self.error("553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter");
+                }
+                (p.mailbox.to_string(), p.to_string())
+            }
+        };
+        self.state = State::Mail(Box::new(Transaction {
+            reverse_path,
+            sender,
+            params,
+            ..Transaction::default()
+        }));
+        self.reply("250 2.1.0 Ok");
+    }
+
+    fn rcpt(&mut self, path: ForwardPath, settings: &Settings) {
+        let txn = match &mut self.state {
+            State::Fresh => return self.error("503 5.5.1 Error: send HELO/EHLO first"),
+            State::Mail(txn) => txn,
+            _ => return self.error("503 5.5.1 Error: need MAIL command"),
+        };
+        if txn.recipients.len() >= settings.max_recipients {
+            return self.reply("452 4.5.3 Error: too many recipients");
+        }
+        if let ForwardPath::Path(p) = &path {
+            if !p.is_ascii() && !txn.params.smtputf8 {
+                return self.error("553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter");
+            }
+        }
+        match settings.policy.recipient(self.client, &path) {
+            Ok(recipient) => {
+                if !txn.recipients.contains(&recipient) {
+                    txn.recipients.push(recipient);
+                }
+                self.reply("250 2.1.5 Ok");
+            }
+            Err(Refusal::NoSuchUser) => self.error("550 5.1.1 No such user here"),
+            Err(Refusal::RelayDenied) => self.error("554 5.7.1 Relay access denied"),
+        }
+    }
+
+    fn data(&mut self, env: &mut Env<'_>) {
+        match &self.state {
+            State::Fresh => return self.error("503 5.5.1 Error: send HELO/EHLO first"),
+            State::Mail(txn) if txn.recipients.is_empty() => {
+                return self.error("503 5.5.1 Error: no valid recipients")
+            }
+            State::Mail(_) => {}
+            _ => return self.error("503 5.5.1 Error: need MAIL command"),
+        }
+        let State::Mail(mut txn) = std::mem::replace(&mut self.state, State::Ready) else {
+            unreachable!("checked above")
+        };
+        let settings = env.settings;
+        txn.id = env.ids.next(env.now);
+        txn.body = received_header(self, &txn, settings, env.now).into_bytes();
+        txn.received_len = txn.body.len();
+        let reader = DataReader::new(settings.max_message_size, settings.bare_lf);
+        self.state = State::Data(txn, reader);
+        self.out.extend_from_slice(b"354 End data with <CR><LF>.<CR><LF>\r\n");
+    }
+
+    fn end_of_data(&mut self, env: &mut Env<'_>) {
+        let State::Data(txn, reader) = std::mem::replace(&mut self.state, State::Ready) else {
+            unreachable!("end of data outside DATA")
+        };
+        let verdict = match reader.finish() {
+            Err(DataError::TooBig) => Err("552 5.3.4 Error: message file too big"),
+            Err(DataError::LineTooLong) => Err("552 5.3.4 Error: text line longer than 998 octets"),
+            Err(DataError::BareLineEnd) => Err("550 5.6.0 Error: bare LF or CR in message text (RFC 5321 2.3.8)"),
+            Ok(()) if count_received(&txn.body[txn.received_len..]) > env.settings.max_hops => {
+                Err("554 5.4.6 Error: too many hops")
+            }
+            Ok(()) => Ok(()),
+        };
+        if let Err(reply) = verdict {
+            self.reply(reply);
+            if self.shutting_down {
+                self.shutdown(env.settings);
+            }
+            return;
+        }
+        let txn = *txn;
+        self.accepted = Some(Message {
+            id: txn.id,
+            sender: txn.sender,
+            reverse_path: txn.reverse_path,
+            recipients: txn.recipients,
+            client_ip: self.client,
+            helo: self.helo.clone(),
+            received_at: env.now,
+            eight_bit: txn.params.body == BodyType::EightBitMime,
+            smtputf8: txn.params.smtputf8,
+            body: txn.body,
+        });
+        self.state = State::Committing;
+    }
+
+    fn reply(&mut self, line: &str) {
+        self.out.extend_from_slice(line.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// Replies that count towards the hard error limit.
+    fn error(&mut self, line: &str) {
+        self.reply(line);
+        self.errors += 1;
+        if self.errors >= MAX_ERRORS {
+            self.close_with("421 4.7.0 Error: too many errors");
+        }
+    }
+
+    fn close_with(&mut self, line: &str) {
+        self.reply(line);
+        self.state = State::Closed;
+    }
+
+    fn out_str(&mut self) -> OutWriter<'_> {
+        OutWriter(&mut self.out)
+    }
+}
+
+/// `fmt::Write` into the output buffer, so replies format without a temporary.
+struct OutWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for OutWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+fn line_limit(line: &[u8]) -> usize {
+    let verb = line.get(..4).unwrap_or(line);
+    if verb.eq_ignore_ascii_case(b"MAIL") || verb.eq_ignore_ascii_case(b"RCPT") {
+        MAX_MAIL_RCPT_LINE
+    } else {
+        MAX_COMMAND_LINE
+    }
+}
+
+/// RFC 5321 4.4 trace line, folded like Postfix's. `for` names the
+/// recipient only when there is one, so Bcc recipients are not disclosed.
+fn received_header(session: &Session, txn: &Transaction, settings: &Settings, now: SystemTime) -> String {
+    let protocol = if session.esmtp { "ESMTP" } else { "SMTP" };
+    let date = chrono::DateTime::<chrono::Utc>::from(now).to_rfc2822();
+    let mut header = format!(
+        "Received: from {} ([{}])\r\n\tby {} (mailhop) with {} id {}",
+        session.helo, session.client, settings.hostname, protocol, txn.id
+    );
+    if let [only] = txn.recipients.as_slice() {
+        let _ = write!(header, "\r\n\tfor <{}>", only.mailbox);
+    }
+    let _ = write!(header, ";\r\n\t{date}\r\n");
+    header
+}
