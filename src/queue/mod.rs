@@ -74,9 +74,12 @@ impl Queue {
             .map_err(|e| QueueError(format!("queue {}: cannot open: {e}", path.display())))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(sql("busy timeout"))?;
-        set_pragmas(&conn)?;
+        set_pragmas(&conn, &PRAGMAS)?;
         migrate::apply(&mut conn)?;
-        requeue_active(&conn, SystemTime::now())?;
+        let requeued = requeue_active(&conn, SystemTime::now())?;
+        if requeued > 0 {
+            log::info!("queue: {requeued} recipients left active by the last run are due again");
+        }
         Ok(Queue { conn })
     }
 
@@ -103,8 +106,8 @@ impl Queue {
 
 /// Sets the pragmas outside any transaction (where some are no-ops) and
 /// checks each took.
-fn set_pragmas(conn: &Connection) -> Result<(), QueueError> {
-    for (name, value, want) in PRAGMAS {
+fn set_pragmas(conn: &Connection, pragmas: &[(&str, &str, &str)]) -> Result<(), QueueError> {
+    for &(name, value, want) in pragmas {
         // `journal_mode` answers with a row; `query_row` takes either kind.
         let set = format!("PRAGMA {name} = {value}");
         match conn.query_row(&set, [], |_| Ok(())) {

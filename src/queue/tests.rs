@@ -60,23 +60,33 @@ fn columns(conn: &Connection, table: &str) -> Vec<String> {
 #[test]
 fn open_sets_wal_and_full_sync() {
     let (_dir, path) = temp();
-    let _q = Queue::open(&path).unwrap();
+    let q = Queue::open(&path).unwrap();
     let c = other(&path);
     let mode: String = c
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
     assert_eq!(mode, "wal");
-    // synchronous is per connection: check the queue's own.
-    let sync: i64 = _q
+    // synchronous and foreign_keys are per connection: check the queue's own.
+    let sync: i64 = q
         .conn
         .query_row("PRAGMA synchronous", [], |r| r.get(0))
         .unwrap();
     assert_eq!(sync, 2, "FULL");
-    let fk: i64 = _q
+    let fk: i64 = q
         .conn
         .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
         .unwrap();
     assert_eq!(fk, 1);
+}
+
+#[test]
+fn pragma_that_does_not_take_is_an_error() {
+    // Misspelled (effectum's `journal`): SQLite ignores it silently.
+    let c = Connection::open_in_memory().unwrap();
+    assert!(set_pragmas(&c, &[("journal", "WAL", "wal")]).is_err());
+    // Known but refused: an in-memory database stays in `memory` mode.
+    let err = set_pragmas(&c, &PRAGMAS).unwrap_err().to_string();
+    assert!(err.contains("did not take"), "{err}");
 }
 
 #[test]
