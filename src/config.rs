@@ -582,17 +582,18 @@ impl Validator<'_> {
         let mut out = Vec::new();
         for (i, s) in v.iter().enumerate() {
             let k = format!("relay_networks[{i}]");
-            let net =
-                match (s.parse::<IpNet>(), s.parse::<IpAddr>()) {
-                    (Ok(n), _) => n,
-                    (_, Ok(ip)) => IpNet::from(ip),
-                    _ => return Err(self.err(
+            let net = match (s.parse::<IpNet>(), s.parse::<IpAddr>()) {
+                (Ok(n), _) => n,
+                (_, Ok(ip)) => IpNet::from(ip),
+                _ => {
+                    return Err(self.err(
                         &k,
                         format!(
                             "bad network {s:?} (expected CIDR like 10.0.0.0/8 or an IP address)"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             let trunc = net.trunc();
             if trunc != net {
                 log::warn!(
@@ -842,7 +843,7 @@ fn check_user(u: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// `host:port`, `[ip]:port`, `[ip]` or a bare IP (port 25), or a host name (MX).
+/// `host:port`, `[ip]:port`, `[ip]` or a bare IPv4 (port 25), or a host name (MX).
 fn parse_route(v: &str) -> Result<RouteTarget, String> {
     let bad = |why: &str| {
         format!(
@@ -873,16 +874,17 @@ fn parse_route(v: &str) -> Result<RouteTarget, String> {
             port,
         });
     }
-    if let Ok(ip) = v.parse::<IpAddr>() {
+    if v.matches(':').count() > 1 {
+        // `::1:25` is itself an IPv6 address: brackets keep it unambiguous.
+        return Err(bad("write an IPv6 address in brackets, [addr]:port"));
+    }
+    if let Ok(ip) = v.parse::<std::net::Ipv4Addr>() {
         return Ok(RouteTarget::HostPort {
             host: ip.to_string(),
             port: 25,
         });
     }
     if let Some((host, p)) = v.rsplit_once(':') {
-        if host.contains(':') {
-            return Err(bad("write an IPv6 address in brackets, [addr]:port"));
-        }
         let port = port(p)?;
         if host.parse::<std::net::Ipv4Addr>().is_err() {
             check_domain(host).map_err(bad)?;
@@ -953,5 +955,318 @@ fn toml_key(k: &str) -> String {
         k.to_string()
     } else {
         q(k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/mailhop"), "mailhop.toml")
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).expect_err("should fail").0
+    }
+
+    const FULL: &str = r#"
+hostname = "beta.example"
+listen = ["127.0.0.1:2525", "[::1]:2525"]
+queue = "q/mailhop.db"
+max_message_size = 1048576
+max_recipients = 200
+max_connections = 50
+max_connections_per_ip = 5
+max_hops = 30
+relay_networks = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]
+relay_domains = ["Example.ORG"]
+local_domains = ["beta.example"]
+local_users = ["Jones", "brown"]
+maildir = "/var/mail/mailhop"
+source_routes = "strip"
+bare_lf = "normalize"
+
+[routes]
+"example.org" = "127.0.0.1:2526"
+"*" = "smarthost.example:25"
+"v6.example" = "[::1]:2527"
+"mx.example" = "relay.example"
+
+[retry]
+schedule = ["90s", "10m"]
+max_lifetime = "2d"
+delay_warning = "0s"
+history_retention = "30d"
+
+[timeouts]
+server_idle = "1m"
+connect = "10s"
+command = "2m"
+data_init = "3m"
+data_block = "4m"
+data_done = "5m"
+
+[dns]
+servers = ["127.0.0.1:5353", "::1"]
+
+[outbound]
+max_connections = 7
+max_connections_per_host = 3
+
+[tls]
+cert = "cert.pem"
+key = "/keys/key.pem"
+implicit_listen = ["127.0.0.1:4650"]
+outbound = "required"
+ca_file = "ca.pem"
+verify_outbound = true
+
+[auth]
+users_file = "users"
+"#;
+
+    #[test]
+    fn default() {
+        let c = Config::load(None).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(c.file, None);
+        assert!(!c.hostname.is_empty());
+        assert_eq!(
+            c.listen,
+            vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.queue, cwd.join("mailhop.db"));
+        assert_eq!(c.max_message_size, 10_485_760);
+        assert_eq!(c.max_recipients, 100);
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.max_connections_per_ip, 100);
+        assert_eq!(c.max_hops, 100);
+        let nets: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        assert_eq!(c.relay_networks, nets);
+        assert!(c.relay_domains.is_empty() && c.local_domains.is_empty());
+        assert!(c.local_users.is_empty() && c.routes.is_empty());
+        assert_eq!(c.maildir, cwd.join("mail"));
+        assert_eq!(c.source_routes, SourceRoutes::Honor);
+        assert_eq!(c.bare_lf, BareLineEnds::Reject);
+        let m = |n: u64| Duration::from_secs(60 * n);
+        assert_eq!(c.retry.schedule, vec![m(5), m(30), m(60), m(120), m(180)]);
+        assert_eq!(c.retry.max_lifetime, m(5 * 24 * 60));
+        assert_eq!(c.retry.delay_warning, m(4 * 60));
+        assert_eq!(c.retry.history_retention, m(7 * 24 * 60));
+        let t = &c.timeouts;
+        assert_eq!(t.server_idle, m(5));
+        assert_eq!(t.connect, Duration::from_secs(30));
+        assert_eq!(
+            (t.command, t.data_init, t.data_block, t.data_done),
+            (m(5), m(2), m(3), m(10))
+        );
+        assert_eq!(c.outbound_max_connections, 500);
+        assert_eq!(c.outbound_max_connections_per_host, 20);
+        assert_eq!(c.tls.cert, None);
+        assert_eq!(c.tls.key, None);
+        assert!(c.tls.implicit_listen.is_empty());
+        assert_eq!(c.tls.outbound, TlsOutbound::Opportunistic);
+        assert_eq!(c.tls.ca_file, None);
+        assert!(!c.tls.verify_outbound);
+        assert_eq!(c.auth_users_file, None);
+    }
+
+    #[test]
+    fn full_file() {
+        let c = parse(FULL).unwrap();
+        let base = Path::new("/etc/mailhop");
+        assert_eq!(c.hostname, "beta.example");
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.queue, base.join("q/mailhop.db"));
+        assert_eq!(c.max_message_size, 1_048_576);
+        assert_eq!(c.max_recipients, 200);
+        assert_eq!(
+            (c.max_connections, c.max_connections_per_ip, c.max_hops),
+            (50, 5, 30)
+        );
+        assert_eq!(
+            c.relay_networks[1],
+            "192.0.2.7/32".parse::<IpNet>().unwrap()
+        );
+        assert_eq!(c.relay_domains, vec!["example.org"]);
+        assert_eq!(c.local_users, vec!["jones", "brown"]);
+        assert_eq!(c.maildir, PathBuf::from("/var/mail/mailhop"));
+        assert_eq!(c.source_routes, SourceRoutes::Strip);
+        assert_eq!(c.bare_lf, BareLineEnds::Normalize);
+        let domains: Vec<&str> = c.routes.iter().map(|r| r.domain.as_str()).collect();
+        assert_eq!(domains, ["example.org", "mx.example", "v6.example", "*"]);
+        let hp = |h: &str, port| RouteTarget::HostPort {
+            host: h.into(),
+            port,
+        };
+        assert_eq!(c.routes[0].target, hp("127.0.0.1", 2526));
+        assert_eq!(c.routes[1].target, RouteTarget::Mx("relay.example".into()));
+        assert_eq!(c.routes[2].target, hp("::1", 2527));
+        assert_eq!(c.routes[2].written, "[::1]:2527");
+        assert_eq!(c.routes[3].target, hp("smarthost.example", 25));
+        assert_eq!(
+            c.retry.schedule,
+            [Duration::from_secs(90), Duration::from_secs(600)]
+        );
+        assert_eq!(c.retry.delay_warning, Duration::ZERO);
+        assert_eq!(c.timeouts.data_done, Duration::from_secs(300));
+        let dns: Vec<SocketAddr> = vec![
+            "127.0.0.1:5353".parse().unwrap(),
+            "[::1]:53".parse().unwrap(),
+        ];
+        assert_eq!(c.dns_servers, dns);
+        assert_eq!(
+            (
+                c.outbound_max_connections,
+                c.outbound_max_connections_per_host
+            ),
+            (7, 3)
+        );
+        assert_eq!(c.tls.cert, Some(base.join("cert.pem")));
+        assert_eq!(c.tls.key, Some(PathBuf::from("/keys/key.pem")));
+        assert_eq!(c.tls.implicit_listen.len(), 1);
+        assert_eq!(c.tls.outbound, TlsOutbound::Required);
+        assert_eq!(c.tls.ca_file, Some(base.join("ca.pem")));
+        assert!(c.tls.verify_outbound);
+        assert_eq!(c.auth_users_file, Some(base.join("users")));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&str, &[&str])] = &[
+            ("bogus = 1", &["mailhop.toml: ", "bogus"]),
+            ("[retry]\nbogus = \"5m\"", &["mailhop.toml: ", "bogus"]),
+            ("[nosuch]\na = 1", &["mailhop.toml: ", "nosuch"]),
+            (
+                "[retry]\nschedule = [\"5m\", \"5x\"]",
+                &["mailhop.toml: retry.schedule[1]: bad duration \"5x\" (expected a number and one of s, m, h, d)"],
+            ),
+            ("[timeouts]\nconnect = \"0s\"", &["mailhop.toml: timeouts.connect: "]),
+            ("[retry]\nschedule = []", &["mailhop.toml: retry.schedule: "]),
+            ("[routes]\n\"example.org\" = \"host:port\"", &["mailhop.toml: routes.\"example.org\": bad route \"host:port\""]),
+            ("[routes]\n\"example.org\" = \"::1:25\"", &["routes.\"example.org\": ", "brackets"]),
+            ("[routes]\n\"bad domain\" = \"mx.example\"", &["routes.\"bad domain\": "]),
+            (
+                "[routes]\n\"Example.org\" = \"a.example\"\n\"example.ORG\" = \"b.example\"",
+                &["routes.\"example.ORG\": same domain as routes.\"Example.org\""],
+            ),
+            ("relay_networks = [\"10.0.0.0/33\"]", &["mailhop.toml: relay_networks[0]: bad network \"10.0.0.0/33\""]),
+            ("[tls]\ncert = \"c.pem\"", &["mailhop.toml: tls.cert: ", "tls.key"]),
+            ("[tls]\nkey = \"k.pem\"", &["mailhop.toml: tls.key: "]),
+            ("[tls]\nimplicit_listen = [\"127.0.0.1:465\"]", &["mailhop.toml: tls.implicit_listen: "]),
+            ("max_message_size = \"big\"", &["mailhop.toml: ", "max_message_size", "invalid type"]),
+            ("[retry]\nmax_lifetime = 5", &["mailhop.toml: ", "max_lifetime", "invalid type"]),
+            ("max_message_size = 0", &["mailhop.toml: max_message_size: 0 is too small"]),
+            ("max_message_size = 1073741825", &["mailhop.toml: max_message_size: ", "too large"]),
+            ("max_recipients = 0", &["mailhop.toml: max_recipients: "]),
+            ("max_hops = -1", &["mailhop.toml: max_hops: "]),
+            ("[outbound]\nmax_connections_per_host = 0", &["mailhop.toml: outbound.max_connections_per_host: "]),
+            ("listen = []", &["mailhop.toml: listen: "]),
+            ("listen = [\"localhost:25\"]", &["mailhop.toml: listen[0]: bad address \"localhost:25\""]),
+            ("[dns]\nservers = [\"x\"]", &["mailhop.toml: dns.servers[0]: "]),
+            ("local_domains = [\"a..b\"]", &["mailhop.toml: local_domains[0]: "]),
+            ("local_users = [\"../etc\"]", &["mailhop.toml: local_users[0]: "]),
+            ("local_users = [\"\"]", &["mailhop.toml: local_users[0]: "]),
+            ("source_routes = \"keep\"", &["mailhop.toml: source_routes: unknown value \"keep\""]),
+            ("bare_lf = \"ok\"", &["mailhop.toml: bare_lf: "]),
+            ("[tls]\noutbound = \"never\"", &["mailhop.toml: tls.outbound: "]),
+            ("queue = \"\"", &["mailhop.toml: queue: "]),
+            ("hostname = \"bad host\"", &["mailhop.toml: hostname: "]),
+            ("relay_domains = [\"a.example\"]\nlocal_domains = [\"A.example\"]", &["local_domains: "]),
+            ("listen = [\"1.2.3.4:25\"\n", &["mailhop.toml: ", "line 1"]),
+        ];
+        for (text, needles) in cases {
+            let e = err(text);
+            for n in *needles {
+                assert!(e.contains(n), "{text:?}: {e:?} lacks {n:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mailhop.toml");
+        std::fs::write(
+            &file,
+            "queue = \"./spool/q.db\"\nmaildir = \"/abs/mail\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nca_file = \"\"\n[auth]\nusers_file = \"../users\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        assert_eq!(c.file.as_deref(), Some(file.as_path()));
+        assert_eq!(c.queue, dir.path().join("spool/q.db"));
+        assert_eq!(c.maildir, PathBuf::from("/abs/mail"));
+        assert_eq!(c.tls.cert, Some(dir.path().join("c.pem")));
+        assert_eq!(c.tls.ca_file, None);
+        assert_eq!(c.auth_users_file, Some(dir.path().join("../users")));
+
+        let missing = dir.path().join("nope.toml");
+        let e = Config::load(Some(&missing)).unwrap_err().0;
+        assert!(e.starts_with(&missing.display().to_string()), "{e}");
+        assert!(e.contains("No such file"), "{e}");
+    }
+
+    #[test]
+    fn round_trip() {
+        for text in [FULL, ""] {
+            let c = parse(text).unwrap();
+            let out = c.to_toml();
+            let back = Config::from_toml(&out, Path::new("/elsewhere"), "out").unwrap();
+            assert_eq!(back, c, "{out}");
+            assert_eq!(back.to_toml(), out);
+        }
+        let out = parse(FULL).unwrap().to_toml();
+        assert!(out.contains("schedule = [\"90s\", \"10m\"]"), "{out}");
+        assert!(out.contains("history_retention = \"30d\""), "{out}");
+        assert!(
+            out.contains("queue = \"/etc/mailhop/q/mailhop.db\""),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("0s", 0),
+            ("90s", 90),
+            ("5m", 300),
+            ("4h", 14_400),
+            ("7d", 604_800),
+            ("007m", 420),
+            ("36500d", 36500 * 86400),
+        ];
+        for (s, secs) in ok {
+            assert_eq!(parse_duration(s), Ok(Duration::from_secs(secs)), "{s}");
+        }
+        for s in [
+            "", "s", "5", "5x", "5 m", " 5m", "5m ", "1.5h", "-5m", "+5m", "5mm", "5M", "m5", "é",
+            "5é",
+        ] {
+            let e = parse_duration(s).unwrap_err();
+            assert!(e.starts_with("bad duration"), "{s:?}: {e}");
+        }
+        for s in ["36501d", "99999999999999999999s", "18446744073709551615d"] {
+            assert!(parse_duration(s).unwrap_err().contains("too large"), "{s}");
+        }
+        let fmt = [
+            (0, "0s"),
+            (90, "90s"),
+            (120, "2m"),
+            (7200, "2h"),
+            (172_800, "2d"),
+            (90_000, "25h"),
+        ];
+        for (secs, s) in fmt {
+            assert_eq!(format_duration(Duration::from_secs(secs)), s);
+        }
+    }
+
+    #[test]
+    fn resolv_conf() {
+        let text = "# comment\nsearch example\nnameserver 10.0.0.1\nnameserver ::1\nnameserver fe80::1%eth0\n";
+        let want: Vec<SocketAddr> =
+            vec!["10.0.0.1:53".parse().unwrap(), "[::1]:53".parse().unwrap()];
+        assert_eq!(resolv_conf_servers(text), want);
     }
 }
