@@ -415,7 +415,7 @@ impl Validator<'_> {
             1,
             MAX_MESSAGE_SIZE_LIMIT,
         )? as u64;
-        let max_recipients = self.int("max_recipients", raw.max_recipients, 100, 1, i64::MAX)?;
+        let max_recipients = self.count("max_recipients", raw.max_recipients, 100)?;
         if max_recipients < 100 {
             log::warn!(
                 "{}: max_recipients = {max_recipients} is under RFC 5321's minimum of 100",
@@ -481,7 +481,7 @@ impl Validator<'_> {
             listen,
             queue: self.path("queue", raw.queue, "mailhop.db")?,
             max_message_size,
-            max_recipients: max_recipients as usize,
+            max_recipients,
             max_connections,
             max_connections_per_ip,
             max_hops,
