@@ -439,3 +439,148 @@ fn received_header(session: &Session, txn: &Transaction, settings: &Settings, no
     let _ = write!(header, ";\r\n\t{date}\r\n");
     header
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn settings(extra: &str) -> Settings {
+        let text = format!(
+            "hostname = \"Beta.ARPA\"\nlocal_domains = [\"Beta.ARPA\"]\nlocal_users = [\"jones\", \"brown\"]\nrelay_networks = []\n{extra}"
+        );
+        let config = Config::from_toml(&text, std::path::Path::new("/tmp"), "test.toml").unwrap();
+        Settings::new(&config)
+    }
+
+    /// Plays `chunks` through a session the way the event loop does
+    /// (unconsumed input is kept and fed again; commits succeed at once)
+    /// and returns everything written and every message accepted.
+    fn play<'a>(settings: &Settings, chunks: impl IntoIterator<Item = &'a [u8]>) -> (String, Vec<Message>) {
+        let mut ids = QueueIds::default();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut session = Session::new(settings, "192.0.2.9".parse().unwrap());
+        let mut held = Vec::new();
+        let mut accepted = Vec::new();
+        for chunk in chunks {
+            held.extend_from_slice(chunk);
+            loop {
+                let mut env = Env { settings, now, ids: &mut ids };
+                let used = session.receive(&held, &mut env);
+                held.drain(..used);
+                let Some(message) = session.take_accepted() else { break };
+                session.committed(Ok(&message.id), settings);
+                accepted.push(message);
+            }
+        }
+        let out = String::from_utf8(std::mem::take(session.output())).unwrap();
+        (out, accepted)
+    }
+
+    fn codes(out: &str) -> Vec<&str> {
+        out.lines().filter(|l| l.as_bytes().get(3) == Some(&b' ')).map(|l| &l[..3]).collect()
+    }
+
+    const EXAMPLE_1: &[u8] = b"HELO Alpha.ARPA\r\nMAIL FROM:<Smith@Alpha.ARPA>\r\nRCPT TO:<Jones@Beta.ARPA>\r\nRCPT TO:<Green@Beta.ARPA>\r\nRCPT TO:<Brown@Beta.ARPA>\r\nDATA\r\nBlah blah blah...\r\n..etc. etc. etc.\r\n.\r\nQUIT\r\n";
+
+    #[test]
+    fn rfc821_example_1() {
+        let s = settings("");
+        let (out, accepted) = play(&s, [EXAMPLE_1]);
+        assert_eq!(codes(&out), ["220", "250", "250", "250", "550", "250", "354", "250", "221"]);
+        assert!(out.contains("550 5.1.1 No such user here\r\n"));
+        let [message] = accepted.as_slice() else { panic!("{accepted:?}") };
+        let rcpts: Vec<_> = message.recipients.iter().map(|r| r.mailbox.as_str()).collect();
+        assert_eq!(rcpts, ["Jones@Beta.ARPA", "Brown@Beta.ARPA"]);
+        assert_eq!(message.sender, "Smith@Alpha.ARPA");
+        let body = String::from_utf8_lossy(&message.body);
+        assert!(body.starts_with("Received: from Alpha.ARPA ([192.0.2.9])\r\n\tby Beta.ARPA (mailhop) with SMTP id "));
+        assert!(body.ends_with(";\r\n\tFri, 15 Jan 2027 08:00:00 +0000\r\nBlah blah blah...\r\n.etc. etc. etc.\r\n"), "{body}");
+        assert!(out.contains(&format!("250 2.0.0 Ok: queued as {}\r\n", message.id)));
+    }
+
+    #[test]
+    fn any_split_of_the_input_gives_the_same_dialogue() {
+        let s = settings("");
+        let whole = play(&s, [EXAMPLE_1]);
+        for at in 0..=EXAMPLE_1.len() {
+            let (a, b) = EXAMPLE_1.split_at(at);
+            let split = play(&s, [a, b]);
+            assert_eq!(split.0, whole.0, "split at {at}");
+            assert_eq!(split.1.len(), 1);
+            assert_eq!(split.1[0].body, whole.1[0].body, "split at {at}");
+        }
+        let bytes = play(&s, EXAMPLE_1.chunks(1));
+        assert_eq!(bytes.0, whole.0);
+        assert_eq!(bytes.1[0].body, whole.1[0].body);
+    }
+
+    #[test]
+    fn over_long_lines_are_refused_and_the_session_stays_in_sync() {
+        let s = settings("");
+        let mut input = b"EHLO x\r\nNOOP ".to_vec();
+        input.extend(std::iter::repeat_n(b'a', 100_000));
+        input.extend_from_slice(b"\r\nNOOP\r\nMAIL FROM:<a@b.example> ");
+        input.extend(std::iter::repeat_n(b' ', 3000));
+        input.extend_from_slice(b"\r\n");
+        for chunk in [1, 7, 4096, input.len()] {
+            let (out, _) = play(&s, input.chunks(chunk));
+            assert_eq!(codes(&out), ["220", "250", "500", "250", "250"], "chunk {chunk}");
+            assert!(out.contains("500 5.5.6"));
+        }
+    }
+
+    #[test]
+    fn the_tenth_error_closes_with_421() {
+        let s = settings("");
+        let (out, _) = play(&s, [b"EHLO x\r\n".repeat(1).as_slice(), b"BOGUS\r\n".repeat(12).as_slice()]);
+        let c = codes(&out);
+        assert_eq!(c.len(), 1 + 1 + 10 + 1, "{out}");
+        assert_eq!(c.last(), Some(&"421"));
+        assert!(out.ends_with("421 4.7.0 Error: too many errors\r\n"));
+    }
+
+    #[test]
+    fn utf8_addresses_need_smtputf8() {
+        let s = settings("relay_domains = [\"example.org\"]\n");
+        let (out, accepted) = play(
+            &s,
+            ["EHLO x\r\nMAIL FROM:<jösé@example.org>\r\nMAIL FROM:<jösé@example.org> SMTPUTF8\r\nRCPT TO:<ünï@example.org>\r\nDATA\r\nhi\r\n.\r\n".as_bytes()],
+        );
+        assert_eq!(codes(&out), ["220", "250", "553", "250", "250", "354", "250"], "{out}");
+        assert!(accepted[0].smtputf8);
+    }
+
+    #[test]
+    fn shutdown_waits_for_data_then_says_421() {
+        let s = settings("");
+        let mut ids = QueueIds::default();
+        let mut session = Session::new(&s, "192.0.2.9".parse().unwrap());
+        let mut env = Env { settings: &s, now: SystemTime::now(), ids: &mut ids };
+        let input = b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<jones@beta.arpa>\r\nDATA\r\nhello\r\n";
+        assert_eq!(session.receive(input, &mut env), input.len());
+        session.shutdown(&s);
+        assert!(!session.is_closed());
+        session.receive(b".\r\n", &mut env);
+        let message = session.take_accepted().unwrap();
+        session.committed(Ok(&message.id), &s);
+        assert!(session.is_closed());
+        let out = String::from_utf8(session.output().clone()).unwrap();
+        assert!(out.ends_with(&format!("250 2.0.0 Ok: queued as {}\r\n421 4.3.2 Beta.ARPA Service shutting down\r\n", message.id)));
+    }
+
+    #[test]
+    fn a_failed_commit_answers_451_and_resets_the_transaction() {
+        let s = settings("");
+        let mut ids = QueueIds::default();
+        let mut session = Session::new(&s, "192.0.2.9".parse().unwrap());
+        let mut env = Env { settings: &s, now: SystemTime::now(), ids: &mut ids };
+        session.receive(b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<jones@beta.arpa>\r\nDATA\r\nhi\r\n.\r\nRCPT TO:<brown@beta.arpa>\r\n", &mut env);
+        assert!(session.awaiting_commit());
+        session.take_accepted().unwrap();
+        session.committed(Err(()), &s);
+        session.receive(b"RCPT TO:<brown@beta.arpa>\r\n", &mut env);
+        let out = String::from_utf8(session.output().clone()).unwrap();
+        assert!(out.ends_with("451 4.3.0 Error: queue file write error, try again later\r\n503 5.5.1 Error: need MAIL command\r\n"), "{out}");
+    }
+}
