@@ -284,13 +284,22 @@ mod tests {
 
     const NEXT: &[u8] = b"QUIT\r\n";
 
+    /// Input, mode, expected body, whether it ends, verdict.
+    type Case = (
+        &'static [u8],
+        BareLineEnds,
+        &'static [u8],
+        bool,
+        Result<(), DataError>,
+    );
+
     #[test]
     fn table() {
         use DataError::*;
-        // (input, mode, body, ended, verdict). Every input that ends is
+        // Every input that ends is
         // followed by NEXT, which must be left unconsumed.
         #[rustfmt::skip]
-        let cases: &[(&[u8], BareLineEnds, &[u8], bool, Result<(), DataError>)] = &[
+        let cases: &[Case] = &[
             (b"Subject: hi\r\n\r\nHello\r\n.\r\n", Reject, b"Subject: hi\r\n\r\nHello\r\n", true, Ok(())),
             (b".\r\n", Reject, b"", true, Ok(())),
             (b"\r\n.\r\n", Reject, b"\r\n", true, Ok(())),
@@ -353,7 +362,7 @@ mod tests {
         use DataError::LineTooLong;
         let line = |prefix: &str, n: usize| {
             let mut v = prefix.as_bytes().to_vec();
-            v.extend(std::iter::repeat_n(b'a', n));
+            v.extend(vec![b'a'; n]);
             v.extend_from_slice(b"\r\nshort\r\n.\r\n");
             v
         };
