@@ -499,6 +499,21 @@ mod tests {
     }
 
     #[test]
+    fn path_length_bound() {
+        let at_limit = format!("<{}@b>", "a".repeat(MAX_PATH - 4));
+        assert!(parse_forward_path(at_limit.as_bytes()).is_ok());
+        let over = format!("<{}@b>", "a".repeat(MAX_PATH - 3));
+        assert_eq!(parse_forward_path(over.as_bytes()), Err(PATH_TOO_LONG));
+    }
+
+    #[test]
+    fn ipv4_literal_is_strict() {
+        for bad in ["<a@[192.0.2.01]>", "<a@[1.2.3.4.5]>", "<a@[ 1.2.3.4]>"] {
+            assert!(parse_forward_path(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn route_of_32_hops_is_allowed() {
         let input = format!("<{}:a@b>", vec!["@h"; 32].join(","));
         let (got, _) = parse_forward_path(input.as_bytes()).unwrap();

@@ -69,6 +69,7 @@ const DUPLICATE: CommandError = CommandError::Syntax("Duplicate parameter");
 
 /// Parses one command line without its CRLF. Verbs and parameter keywords
 /// are case-insensitive. Non-UTF-8 bytes are a syntax error.
+/// (An unrecognisable verb, UTF-8 or not, is `Unknown`.)
 pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
     let line = line.trim_ascii_end();
     let (verb, args) = match memchr::memchr(b' ', line) {
@@ -79,50 +80,54 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
     let &[a, b, c, d] = verb else {
         return Err(CommandError::Unknown);
     };
-    let verb = [a, b, c, d].map(|b| b.to_ascii_uppercase());
-    let not_implemented = match &verb {
-        b"EXPN" => Some("EXPN"),
-        b"TURN" => Some("TURN"),
-        b"SEND" => Some("SEND"),
-        b"SOML" => Some("SOML"),
-        b"SAML" => Some("SAML"),
-        _ => None,
+    let verb = match &[a, b, c, d].map(|b| b.to_ascii_uppercase()) {
+        b"HELO" => Verb::Helo,
+        b"EHLO" => Verb::Ehlo,
+        b"MAIL" => Verb::Mail,
+        b"RCPT" => Verb::Rcpt,
+        b"DATA" => Verb::Data,
+        b"RSET" => Verb::Rset,
+        b"NOOP" => Verb::Noop,
+        b"QUIT" => Verb::Quit,
+        b"VRFY" => Verb::Vrfy,
+        b"HELP" => Verb::Help,
+        b"EXPN" => return Ok(Command::NotImplemented("EXPN")),
+        b"TURN" => return Ok(Command::NotImplemented("TURN")),
+        b"SEND" => return Ok(Command::NotImplemented("SEND")),
+        b"SOML" => return Ok(Command::NotImplemented("SOML")),
+        b"SAML" => return Ok(Command::NotImplemented("SAML")),
+        _ => return Err(CommandError::Unknown),
     };
-    if let Some(verb) = not_implemented {
-        return Ok(Command::NotImplemented(verb));
-    }
-    let known = matches!(
-        &verb,
-        b"HELO"
-            | b"EHLO"
-            | b"MAIL"
-            | b"RCPT"
-            | b"DATA"
-            | b"RSET"
-            | b"NOOP"
-            | b"QUIT"
-            | b"VRFY"
-            | b"HELP"
-    );
-    if !known {
-        return Err(CommandError::Unknown);
-    }
     if !args.is_ascii() && std::str::from_utf8(args).is_err() {
         return Err(BAD_UTF8);
     }
-    match &verb {
-        b"HELO" => hostname(args).map(Command::Helo).ok_or(HELO_SYNTAX),
-        b"EHLO" => hostname(args).map(Command::Ehlo).ok_or(EHLO_SYNTAX),
-        b"MAIL" => mail(args),
-        b"RCPT" => rcpt(args),
-        b"DATA" => no_args(args, Command::Data),
-        b"RSET" => no_args(args, Command::Rset),
-        b"QUIT" => no_args(args, Command::Quit),
-        b"NOOP" => Ok(Command::Noop),
-        b"HELP" => Ok(Command::Help),
-        _ if args.is_empty() => Err(VRFY_SYNTAX),
-        _ => Ok(Command::Vrfy),
+    match verb {
+        Verb::Helo => hostname(args).map(Command::Helo).ok_or(HELO_SYNTAX),
+        Verb::Ehlo => hostname(args).map(Command::Ehlo).ok_or(EHLO_SYNTAX),
+        Verb::Mail => mail(args),
+        Verb::Rcpt => rcpt(args),
+        Verb::Data => no_args(args, Command::Data),
+        Verb::Rset => no_args(args, Command::Rset),
+        Verb::Quit => no_args(args, Command::Quit),
+        Verb::Noop => Ok(Command::Noop),
+        Verb::Help => Ok(Command::Help),
+        Verb::Vrfy if args.is_empty() => Err(VRFY_SYNTAX),
+        Verb::Vrfy => Ok(Command::Vrfy),
     }
+}
+
+/// The verbs that get past the first look at a line.
+enum Verb {
+    Helo,
+    Ehlo,
+    Mail,
+    Rcpt,
+    Data,
+    Rset,
+    Noop,
+    Quit,
+    Vrfy,
+    Help,
 }
 
 fn skip_spaces(s: &[u8]) -> &[u8] {
