@@ -49,7 +49,12 @@ fn serve(args: ServeArgs) -> ExitCode {
     raise_fd_limit();
     let queue = match Queue::open(&config.queue) {
         Ok(queue) => queue,
-        Err(e) => return fatal(&format!("cannot open queue {}: {e}", config.queue.display())),
+        Err(e) => {
+            return fatal(&format!(
+                "cannot open queue {}: {e}",
+                config.queue.display()
+            ))
+        }
     };
     let mut listeners = Vec::new();
     for addr in &config.listen {
@@ -92,7 +97,8 @@ fn raise_fd_limit() {
     };
     // SAFETY: plain syscalls on a local struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
             limit.rlim_cur = limit.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                 warn!("cannot raise the open file limit");

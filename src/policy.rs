@@ -152,7 +152,9 @@ impl Policy {
                     && domain.as_bytes()[domain.len() - route.domain.len() - 1] == b'.');
             let better = match best {
                 None => true,
-                Some(b) => b.domain == "*" || (route.domain != "*" && route.domain.len() > b.domain.len()),
+                Some(b) => {
+                    b.domain == "*" || (route.domain != "*" && route.domain.len() > b.domain.len())
+                }
             };
             if matches && better {
                 best = Some(route);
@@ -188,7 +190,11 @@ pub fn local_user_name(local: &str) -> String {
             let mut out = String::with_capacity(inner.len());
             let mut chars = inner.chars();
             while let Some(c) = chars.next() {
-                out.push(if c == '\\' { chars.next().unwrap_or(c) } else { c });
+                out.push(if c == '\\' {
+                    chars.next().unwrap_or(c)
+                } else {
+                    c
+                });
             }
             out
         }
@@ -226,12 +232,18 @@ mod tests {
     fn local_users_match_case_insensitively_and_others_are_refused() {
         let p = policy("");
         let r = rcpt(&p, OUTSIDE, "<JONES@beta.arpa>").unwrap();
-        assert_eq!((r.mailbox.as_str(), r.next_hop.as_str()), ("JONES@beta.arpa", LOCAL));
+        assert_eq!(
+            (r.mailbox.as_str(), r.next_hop.as_str()),
+            ("JONES@beta.arpa", LOCAL)
+        );
         assert!(rcpt(&p, OUTSIDE, "<brown@Beta.ARPA>").is_ok());
         assert!(rcpt(&p, OUTSIDE, "<\"jones\"@Beta.ARPA>").is_ok());
         assert!(rcpt(&p, OUTSIDE, "<Postmaster>").is_ok());
         assert!(rcpt(&p, OUTSIDE, "<postmaster@beta.arpa>").is_ok());
-        assert_eq!(rcpt(&p, OUTSIDE, "<Green@Beta.ARPA>"), Err(Refusal::NoSuchUser));
+        assert_eq!(
+            rcpt(&p, OUTSIDE, "<Green@Beta.ARPA>"),
+            Err(Refusal::NoSuchUser)
+        );
     }
 
     #[test]
@@ -249,7 +261,10 @@ mod tests {
         ] {
             assert_eq!(rcpt(&p, OUTSIDE, path), Err(Refusal::RelayDenied), "{path}");
         }
-        for path in ["<user%evil.example@beta.example>", "<\"user@evil.example\"@beta.example>"] {
+        for path in [
+            "<user%evil.example@beta.example>",
+            "<\"user@evil.example\"@beta.example>",
+        ] {
             assert_eq!(rcpt(&p, OUTSIDE, path), Err(Refusal::NoSuchUser), "{path}");
         }
         let r = rcpt(&p, OUTSIDE, "<user@Example.ORG>").unwrap();
@@ -263,7 +278,10 @@ mod tests {
         assert_eq!(r.next_hop, "evil.example");
         assert!(rcpt(&p, "::ffff:127.0.0.1", "<user@evil.example>").is_ok());
         assert!(rcpt(&p, "::1", "<user@evil.example>").is_ok());
-        assert_eq!(rcpt(&p, INSIDE, "<u@[192.0.2.1]>").unwrap().next_hop, "[192.0.2.1]");
+        assert_eq!(
+            rcpt(&p, INSIDE, "<u@[192.0.2.1]>").unwrap().next_hop,
+            "[192.0.2.1]"
+        );
     }
 
     #[test]
@@ -275,17 +293,29 @@ mod tests {
         assert_eq!(r.next_hop, "127.0.0.1:2526");
         // Every hop ours: a plain local mailbox.
         let r = rcpt(&p, OUTSIDE, "<@beta.example:jones@beta.arpa>").unwrap();
-        assert_eq!((r.forward_path.as_str(), r.next_hop.as_str()), ("jones@beta.arpa", LOCAL));
+        assert_eq!(
+            (r.forward_path.as_str(), r.next_hop.as_str()),
+            ("jones@beta.arpa", LOCAL)
+        );
         let r = rcpt(&p, INSIDE, "<@ONE.test,@TWO.test:user@THREE.test>").unwrap();
-        assert_eq!((r.forward_path.as_str(), r.next_hop.as_str()), ("@ONE.test,@TWO.test:user@THREE.test", "one.test"));
+        assert_eq!(
+            (r.forward_path.as_str(), r.next_hop.as_str()),
+            ("@ONE.test,@TWO.test:user@THREE.test", "one.test")
+        );
     }
 
     #[test]
     fn stripped_routes_count_only_the_mailbox() {
         let p = policy("source_routes = \"strip\"\n");
         let r = rcpt(&p, OUTSIDE, "<@evil.example:jones@beta.arpa>").unwrap();
-        assert_eq!((r.forward_path.as_str(), r.next_hop.as_str()), ("jones@beta.arpa", LOCAL));
-        assert_eq!(rcpt(&p, OUTSIDE, "<@example.org:user@evil.example>"), Err(Refusal::RelayDenied));
+        assert_eq!(
+            (r.forward_path.as_str(), r.next_hop.as_str()),
+            ("jones@beta.arpa", LOCAL)
+        );
+        assert_eq!(
+            rcpt(&p, OUTSIDE, "<@example.org:user@evil.example>"),
+            Err(Refusal::RelayDenied)
+        );
     }
 
     #[test]

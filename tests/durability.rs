@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use common::*;
 
-const CONFIG: &str = "hostname = \"beta.example\"\nlocal_domains = [\"beta.example\"]\nlocal_users = [\"jones\"]\n";
+const CONFIG: &str =
+    "hostname = \"beta.example\"\nlocal_domains = [\"beta.example\"]\nlocal_users = [\"jones\"]\n";
 const CLIENTS: usize = 8;
 const KILL_AFTER: usize = 1500;
 
@@ -29,7 +30,7 @@ fn kill_9_during_load_loses_no_acknowledged_message() {
                 let mut c = Client::connect(addr);
                 c.reply();
                 c.cmd("EHLO load.test");
-                let body = format!("Subject: load {n}\r\n\r\n{}\r\n.\r\n", "x".repeat(1000));
+                let body = format!("Subject: load {n}\r\n\r\n{}.\r\n", format!("{}\r\n", "x".repeat(98)).repeat(10));
                 while !stop.load(Ordering::Relaxed) {
                     // Pipelined, as a busy client would; replies read after.
                     c.send(format!("MAIL FROM:<load{n}@alpha.example>\r\nRCPT TO:<jones@beta.example>\r\nDATA\r\n").as_bytes());
@@ -59,13 +60,34 @@ fn kill_9_during_load_loses_no_acknowledged_message() {
         worker.join().unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= KILL_AFTER.min(100), "only {} acknowledged", acked.len());
+    assert!(
+        acked.len() >= KILL_AFTER.min(100),
+        "only {} acknowledged",
+        acked.len()
+    );
 
     // Restart on the same queue, as an operator would.
-    let restarted = spawn(dir.path(), &["serve", "--config", dir.path().join("mailhop.toml").to_str().unwrap()]);
+    let restarted = spawn(
+        dir.path(),
+        &[
+            "serve",
+            "--config",
+            dir.path().join("mailhop.toml").to_str().unwrap(),
+        ],
+    );
     let db = open_queue(&restarted.queue_path());
     let stored: HashSet<String> = rows(&db, "SELECT id FROM queue").into_iter().collect();
     let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(*id)).collect();
-    assert!(lost.is_empty(), "{} of {} acknowledged messages lost: {:?}", lost.len(), acked.len(), &lost[..lost.len().min(5)]);
-    eprintln!("{} acknowledged, {} stored (the rest were committed but not yet acknowledged)", acked.len(), stored.len());
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    eprintln!(
+        "{} acknowledged, {} stored (the rest were committed but not yet acknowledged)",
+        acked.len(),
+        stored.len()
+    );
 }

@@ -17,7 +17,11 @@ local_users = ["jones", "brown"]
 fn queued_count(mailhop: &Mailhop, recipient: &str) -> usize {
     let db = open_queue(&mailhop.queue_path());
     let n: i64 = db
-        .query_row("SELECT count(*) FROM queue WHERE recipient = ?1", [recipient], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM queue WHERE recipient = ?1",
+            [recipient],
+            |r| r.get(0),
+        )
         .unwrap();
     n as usize
 }
@@ -25,7 +29,10 @@ fn queued_count(mailhop: &Mailhop, recipient: &str) -> usize {
 #[test]
 fn python_smtplib_sends_and_sees_the_refusals() {
     if !have("python3") {
-        return skip("python_smtplib_sends_and_sees_the_refusals", "python3 is not installed");
+        return skip(
+            "python_smtplib_sends_and_sees_the_refusals",
+            "python3 is not installed",
+        );
     }
     let dir = tempdir();
     let mailhop = start_in(dir.path(), CONFIG);
@@ -59,7 +66,11 @@ print("ok")
         .args(["-c", script, &mailhop.addr.port().to_string()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(queued_count(&mailhop, "jones@beta.example"), 1);
 }
 
@@ -71,21 +82,47 @@ fn curl_sends_a_mail() {
     let dir = tempdir();
     let mailhop = start_in(dir.path(), CONFIG);
     let mail = dir.path().join("mail.txt");
-    std::fs::write(&mail, "From: a@alpha.example\r\nSubject: curl\r\n\r\nHello from curl\r\n.\r\n").unwrap();
+    std::fs::write(
+        &mail,
+        "From: a@alpha.example\r\nSubject: curl\r\n\r\nHello from curl\r\n.\r\n",
+    )
+    .unwrap();
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "20"])
-        .arg(format!("smtp://127.0.0.1:{}/client.test", mailhop.addr.port()))
-        .args(["--mail-from", "a@alpha.example", "--mail-rcpt", "brown@beta.example", "-T"])
+        .arg(format!(
+            "smtp://127.0.0.1:{}/client.test",
+            mailhop.addr.port()
+        ))
+        .args([
+            "--mail-from",
+            "a@alpha.example",
+            "--mail-rcpt",
+            "brown@beta.example",
+            "-T",
+        ])
         .arg(&mail)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(queued_count(&mailhop, "brown@beta.example"), 1);
     // A refused recipient makes curl fail, and nothing is queued.
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "20"])
-        .arg(format!("smtp://127.0.0.1:{}/client.test", mailhop.addr.port()))
-        .args(["--mail-from", "a@alpha.example", "--mail-rcpt", "green@beta.example", "-T"])
+        .arg(format!(
+            "smtp://127.0.0.1:{}/client.test",
+            mailhop.addr.port()
+        ))
+        .args([
+            "--mail-from",
+            "a@alpha.example",
+            "--mail-rcpt",
+            "green@beta.example",
+            "-T",
+        ])
         .arg(&mail)
         .output()
         .unwrap();
@@ -96,26 +133,46 @@ fn curl_sends_a_mail() {
 #[test]
 fn swaks_sends_a_mail() {
     if !have("swaks") {
-        return skip("swaks_sends_a_mail", "swaks is not installed (apt-get install swaks)");
+        return skip(
+            "swaks_sends_a_mail",
+            "swaks is not installed (apt-get install swaks)",
+        );
     }
     let dir = tempdir();
     let mailhop = start_in(dir.path(), CONFIG);
     let out = Command::new("swaks")
-        .args(["--server", &mailhop.addr.to_string(), "--helo", "client.test"])
-        .args(["--from", "a@alpha.example", "--to", "jones@beta.example", "--pipeline"])
+        .args([
+            "--server",
+            &mailhop.addr.to_string(),
+            "--helo",
+            "client.test",
+        ])
+        .args([
+            "--from",
+            "a@alpha.example",
+            "--to",
+            "jones@beta.example",
+            "--pipeline",
+        ])
         .args(["--timeout", "20"])
         .output()
         .unwrap();
     let transcript = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{transcript}");
-    assert!(transcript.contains("<-  250 2.0.0 Ok: queued as "), "{transcript}");
+    assert!(
+        transcript.contains("<-  250 2.0.0 Ok: queued as "),
+        "{transcript}"
+    );
     assert_eq!(queued_count(&mailhop, "jones@beta.example"), 1);
 }
 
 #[test]
 fn the_sqlite3_shell_reads_the_views_with_the_spec_columns() {
     if !have("sqlite3") {
-        return skip("the_sqlite3_shell_reads_the_views_with_the_spec_columns", "sqlite3 is not installed");
+        return skip(
+            "the_sqlite3_shell_reads_the_views_with_the_spec_columns",
+            "sqlite3 is not installed",
+        );
     }
     let dir = tempdir();
     let mailhop = start_in(dir.path(), CONFIG);
@@ -132,19 +189,35 @@ fn the_sqlite3_shell_reads_the_views_with_the_spec_columns() {
             .args(["-header", mailhop.queue_path().to_str().unwrap(), sql])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let queue = run("SELECT * FROM queue");
     let mut lines = queue.lines();
     assert_eq!(
         lines.next(),
-        Some("id|sender|recipient|next_hop|status|attempts|next_attempt|last_reply|size|received_at")
+        Some(
+            "id|sender|recipient|next_hop|status|attempts|next_attempt|last_reply|size|received_at"
+        )
     );
     let row = lines.next().unwrap();
-    assert!(row.starts_with(&format!("{id}||jones@beta.example|local|queued|0|")), "{row}");
+    assert!(
+        row.starts_with(&format!("{id}||jones@beta.example|local|queued|0|")),
+        "{row}"
+    );
     let deliveries = run("SELECT * FROM deliveries");
-    assert!(deliveries.is_empty() || deliveries.starts_with("id|sender|recipient|next_hop|status|attempts|reply|finished_at"));
+    assert!(
+        deliveries.is_empty()
+            || deliveries
+                .starts_with("id|sender|recipient|next_hop|status|attempts|reply|finished_at")
+    );
     let columns = run("SELECT group_concat(name, ',') FROM pragma_table_info('deliveries')");
-    assert!(columns.contains("id,sender,recipient,next_hop,status,attempts,reply,finished_at"), "{columns}");
+    assert!(
+        columns.contains("id,sender,recipient,next_hop,status,attempts,reply,finished_at"),
+        "{columns}"
+    );
 }

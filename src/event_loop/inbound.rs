@@ -47,12 +47,19 @@ impl Server {
             return;
         }
         loop {
-            let Some(listener) = self.listeners.get(index) else { return };
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
             let (mut stream, addr) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
                     return self.pause_accepting(&e);
                 }
                 Err(e) => {
@@ -83,7 +90,11 @@ impl Server {
                 || self
                     .poll
                     .registry()
-                    .register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
+                    .register(
+                        &mut stream,
+                        Token(key),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
                     .is_err()
             {
                 continue;
@@ -108,7 +119,9 @@ impl Server {
     }
 
     pub(super) fn conn_event(&mut self, key: usize, readable: bool, writable: bool) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         conn.readable |= readable;
         conn.writable |= writable;
         self.drive(key);
@@ -117,7 +130,9 @@ impl Server {
     /// Moves one session as far as it can go now: feed held input, write
     /// replies, read more while the session wants it; then close it if done.
     pub(super) fn drive(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         let mut env = Env {
             settings: &self.settings,
             now: self.wall,

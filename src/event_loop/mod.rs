@@ -96,14 +96,21 @@ pub struct Server {
 
 impl Server {
     /// Takes listeners already bound (by [`bind`]) and the opened queue.
-    pub fn new(config: &Config, listeners: Vec<std::net::TcpListener>, queue: Queue) -> io::Result<Server> {
+    pub fn new(
+        config: &Config,
+        listeners: Vec<std::net::TcpListener>,
+        queue: Queue,
+    ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut mio_listeners = Vec::with_capacity(listeners.len());
         for (i, listener) in listeners.into_iter().enumerate() {
             listener.set_nonblocking(true)?;
             let mut listener = TcpListener::from_std(listener);
-            poll.registry()
-                .register(&mut listener, Token(LISTENER_BASE + i), Interest::READABLE)?;
+            poll.registry().register(
+                &mut listener,
+                Token(LISTENER_BASE + i),
+                Interest::READABLE,
+            )?;
             mio_listeners.push(listener);
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -140,7 +147,10 @@ impl Server {
 
     /// The addresses actually bound (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// Runs until a shutdown signal has been handled; Ok means a clean stop.
@@ -258,7 +268,9 @@ impl Server {
                 break;
             }
             self.deadlines.pop_first();
-            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
             if conn.deadline != when {
                 continue;
             }

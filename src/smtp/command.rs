@@ -255,7 +255,7 @@ fn params_of(rest: &[u8]) -> Result<ParamIter<'_>, CommandError> {
             && keyword
                 .iter()
                 .all(|&b| b.is_ascii_alphanumeric() || b == b'-');
-        let value_ok = value.map_or(true, |v| {
+        let value_ok = value.is_none_or(|v| {
             !v.is_empty()
                 && v.iter()
                     .all(|&b| matches!(b, 33..=60 | 62..=126) || b >= 0x80)

@@ -151,7 +151,8 @@ impl Session {
 
     /// Whether input should be read and fed now.
     pub fn wants_input(&self) -> bool {
-        !matches!(self.state, State::Committing | State::Closed) && self.out.len() < OUTPUT_HIGH_WATER
+        !matches!(self.state, State::Committing | State::Closed)
+            && self.out.len() < OUTPUT_HIGH_WATER
     }
 
     /// Inside DATA or waiting for its commit: shutdown lets these finish.
@@ -219,7 +220,10 @@ impl Session {
     /// The client was idle too long.
     pub fn timeout(&mut self, settings: &Settings) {
         if !self.is_closed() {
-            self.close_with(&format!("421 4.4.2 {} Error: timeout exceeded", settings.hostname));
+            self.close_with(&format!(
+                "421 4.4.2 {} Error: timeout exceeded",
+                settings.hostname
+            ));
         }
     }
 
@@ -228,7 +232,10 @@ impl Session {
     pub fn shutdown(&mut self, settings: &Settings) {
         self.shutting_down = true;
         if !self.in_transaction_data() && !self.is_closed() {
-            self.close_with(&format!("421 4.3.2 {} Service shutting down", settings.hostname));
+            self.close_with(&format!(
+                "421 4.3.2 {} Service shutting down",
+                settings.hostname
+            ));
         }
     }
 
@@ -236,8 +243,12 @@ impl Session {
         let settings = env.settings;
         let command = match command::parse(line) {
             Ok(command) => command,
-            Err(CommandError::Unknown) => return self.error("500 5.5.2 Error: command not recognized"),
-            Err(CommandError::Syntax(why)) => return self.error(&format!("501 5.5.4 Syntax error: {why}")),
+            Err(CommandError::Unknown) => {
+                return self.error("500 5.5.2 Error: command not recognized")
+            }
+            Err(CommandError::Syntax(why)) => {
+                return self.error(&format!("501 5.5.4 Syntax error: {why}"))
+            }
             Err(CommandError::UnknownParameter(what)) => {
                 return self.error(&format!("555 5.5.4 Unsupported option: {what}"))
             }
@@ -249,7 +260,8 @@ impl Session {
                 self.state = State::Ready;
                 if self.esmtp {
                     let _ = write!(self.out_str(), "250-{}\r\n", settings.hostname);
-                    self.out.extend_from_slice(settings.ehlo_extensions.as_bytes());
+                    self.out
+                        .extend_from_slice(settings.ehlo_extensions.as_bytes());
                 } else {
                     self.reply(&format!("250 2.0.0 {}", settings.hostname));
                 }
@@ -265,7 +277,8 @@ impl Session {
             }
             Command::Noop => self.reply("250 2.0.0 Ok"),
             Command::Quit => self.close_with("221 2.0.0 Bye"),
-            Command::Vrfy => self.reply("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"),
+            Command::Vrfy => self
+                .reply("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"),
             Command::Help => self.reply("214 2.0.0 See RFC 5321"),
             Command::NotImplemented(_) => self.error("502 5.5.1 Error: command not implemented"),
         }
@@ -277,7 +290,10 @@ impl Session {
             State::Mail(_) => return self.error("503 5.5.1 Error: nested MAIL command"),
             _ => {}
         }
-        if params.size.is_some_and(|size| size > settings.max_message_size as u64) {
+        if params
+            .size
+            .is_some_and(|size| size > settings.max_message_size as u64)
+        {
             return self.reply("552 5.3.4 Message size exceeds fixed maximum message size");
         }
         let (sender, reverse_path) = match &path {
@@ -342,7 +358,8 @@ impl Session {
         txn.received_len = txn.body.len();
         let reader = DataReader::new(settings.max_message_size, settings.bare_lf);
         self.state = State::Data(txn, reader);
-        self.out.extend_from_slice(b"354 End data with <CR><LF>.<CR><LF>\r\n");
+        self.out
+            .extend_from_slice(b"354 End data with <CR><LF>.<CR><LF>\r\n");
     }
 
     fn end_of_data(&mut self, env: &mut Env<'_>) {
@@ -352,7 +369,9 @@ impl Session {
         let verdict = match reader.finish() {
             Err(DataError::TooBig) => Err("552 5.3.4 Error: message file too big"),
             Err(DataError::LineTooLong) => Err("552 5.3.4 Error: text line longer than 998 octets"),
-            Err(DataError::BareLineEnd) => Err("550 5.6.0 Error: bare LF or CR in message text (RFC 5321 2.3.8)"),
+            Err(DataError::BareLineEnd) => {
+                Err("550 5.6.0 Error: bare LF or CR in message text (RFC 5321 2.3.8)")
+            }
             Ok(()) if count_received(&txn.body[txn.received_len..]) > env.settings.max_hops => {
                 Err("554 5.4.6 Error: too many hops")
             }
@@ -426,7 +445,12 @@ fn line_limit(line: &[u8]) -> usize {
 
 /// RFC 5321 4.4 trace line, folded like Postfix's. `for` names the
 /// recipient only when there is one, so Bcc recipients are not disclosed.
-fn received_header(session: &Session, txn: &Transaction, settings: &Settings, now: SystemTime) -> String {
+fn received_header(
+    session: &Session,
+    txn: &Transaction,
+    settings: &Settings,
+    now: SystemTime,
+) -> String {
     let protocol = if session.esmtp { "ESMTP" } else { "SMTP" };
     let date = chrono::DateTime::<chrono::Utc>::from(now).to_rfc2822();
     let mut header = format!(
@@ -456,7 +480,10 @@ mod tests {
     /// Plays `chunks` through a session the way the event loop does
     /// (unconsumed input is kept and fed again; commits succeed at once)
     /// and returns everything written and every message accepted.
-    fn play<'a>(settings: &Settings, chunks: impl IntoIterator<Item = &'a [u8]>) -> (String, Vec<Message>) {
+    fn play<'a>(
+        settings: &Settings,
+        chunks: impl IntoIterator<Item = &'a [u8]>,
+    ) -> (String, Vec<Message>) {
         let mut ids = QueueIds::default();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut session = Session::new(settings, "192.0.2.9".parse().unwrap());
@@ -465,10 +492,16 @@ mod tests {
         for chunk in chunks {
             held.extend_from_slice(chunk);
             loop {
-                let mut env = Env { settings, now, ids: &mut ids };
+                let mut env = Env {
+                    settings,
+                    now,
+                    ids: &mut ids,
+                };
                 let used = session.receive(&held, &mut env);
                 held.drain(..used);
-                let Some(message) = session.take_accepted() else { break };
+                let Some(message) = session.take_accepted() else {
+                    break;
+                };
                 session.committed(Ok(&message.id), settings);
                 accepted.push(message);
             }
@@ -478,7 +511,10 @@ mod tests {
     }
 
     fn codes(out: &str) -> Vec<&str> {
-        out.lines().filter(|l| l.as_bytes().get(3) == Some(&b' ')).map(|l| &l[..3]).collect()
+        out.lines()
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .map(|l| &l[..3])
+            .collect()
     }
 
     const EXAMPLE_1: &[u8] = b"HELO Alpha.ARPA\r\nMAIL FROM:<Smith@Alpha.ARPA>\r\nRCPT TO:<Jones@Beta.ARPA>\r\nRCPT TO:<Green@Beta.ARPA>\r\nRCPT TO:<Brown@Beta.ARPA>\r\nDATA\r\nBlah blah blah...\r\n..etc. etc. etc.\r\n.\r\nQUIT\r\n";
@@ -487,14 +523,25 @@ mod tests {
     fn rfc821_example_1() {
         let s = settings("");
         let (out, accepted) = play(&s, [EXAMPLE_1]);
-        assert_eq!(codes(&out), ["220", "250", "250", "250", "550", "250", "354", "250", "221"]);
+        assert_eq!(
+            codes(&out),
+            ["220", "250", "250", "250", "550", "250", "354", "250", "221"]
+        );
         assert!(out.contains("550 5.1.1 No such user here\r\n"));
-        let [message] = accepted.as_slice() else { panic!("{accepted:?}") };
-        let rcpts: Vec<_> = message.recipients.iter().map(|r| r.mailbox.as_str()).collect();
+        let [message] = accepted.as_slice() else {
+            panic!("{accepted:?}")
+        };
+        let rcpts: Vec<_> = message
+            .recipients
+            .iter()
+            .map(|r| r.mailbox.as_str())
+            .collect();
         assert_eq!(rcpts, ["Jones@Beta.ARPA", "Brown@Beta.ARPA"]);
         assert_eq!(message.sender, "Smith@Alpha.ARPA");
         let body = String::from_utf8_lossy(&message.body);
-        assert!(body.starts_with("Received: from Alpha.ARPA ([192.0.2.9])\r\n\tby Beta.ARPA (mailhop) with SMTP id "));
+        assert!(body.starts_with(
+            "Received: from Alpha.ARPA ([192.0.2.9])\r\n\tby Beta.ARPA (mailhop) with SMTP id "
+        ));
         assert!(body.ends_with(";\r\n\tFri, 15 Jan 2027 08:00:00 +0000\r\nBlah blah blah...\r\n.etc. etc. etc.\r\n"), "{body}");
         assert!(out.contains(&format!("250 2.0.0 Ok: queued as {}\r\n", message.id)));
     }
@@ -525,7 +572,11 @@ mod tests {
         input.extend_from_slice(b"\r\n");
         for chunk in [1, 7, 4096, input.len()] {
             let (out, _) = play(&s, input.chunks(chunk));
-            assert_eq!(codes(&out), ["220", "250", "500", "250", "250"], "chunk {chunk}");
+            assert_eq!(
+                codes(&out),
+                ["220", "250", "500", "250", "250"],
+                "chunk {chunk}"
+            );
             assert!(out.contains("500 5.5.6"));
         }
     }
@@ -533,7 +584,10 @@ mod tests {
     #[test]
     fn the_tenth_error_closes_with_421() {
         let s = settings("");
-        let (out, _) = play(&s, [b"EHLO x\r\n".repeat(1).as_slice(), b"BOGUS\r\n".repeat(12).as_slice()]);
+        let (out, _) = play(
+            &s,
+            [b"EHLO x\r\n".as_slice(), b"BOGUS\r\n".repeat(12).as_slice()],
+        );
         let c = codes(&out);
         assert_eq!(c.len(), 1 + 1 + 10 + 1, "{out}");
         assert_eq!(c.last(), Some(&"421"));
@@ -547,7 +601,11 @@ mod tests {
             &s,
             ["EHLO x\r\nMAIL FROM:<jösé@example.org>\r\nMAIL FROM:<jösé@example.org> SMTPUTF8\r\nRCPT TO:<ünï@example.org>\r\nDATA\r\nhi\r\n.\r\n".as_bytes()],
         );
-        assert_eq!(codes(&out), ["220", "250", "553", "250", "250", "354", "250"], "{out}");
+        assert_eq!(
+            codes(&out),
+            ["220", "250", "553", "250", "250", "354", "250"],
+            "{out}"
+        );
         assert!(accepted[0].smtputf8);
     }
 
@@ -556,8 +614,13 @@ mod tests {
         let s = settings("");
         let mut ids = QueueIds::default();
         let mut session = Session::new(&s, "192.0.2.9".parse().unwrap());
-        let mut env = Env { settings: &s, now: SystemTime::now(), ids: &mut ids };
-        let input = b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<jones@beta.arpa>\r\nDATA\r\nhello\r\n";
+        let mut env = Env {
+            settings: &s,
+            now: SystemTime::now(),
+            ids: &mut ids,
+        };
+        let input =
+            b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<jones@beta.arpa>\r\nDATA\r\nhello\r\n";
         assert_eq!(session.receive(input, &mut env), input.len());
         session.shutdown(&s);
         assert!(!session.is_closed());
@@ -566,7 +629,10 @@ mod tests {
         session.committed(Ok(&message.id), &s);
         assert!(session.is_closed());
         let out = String::from_utf8(session.output().clone()).unwrap();
-        assert!(out.ends_with(&format!("250 2.0.0 Ok: queued as {}\r\n421 4.3.2 Beta.ARPA Service shutting down\r\n", message.id)));
+        assert!(out.ends_with(&format!(
+            "250 2.0.0 Ok: queued as {}\r\n421 4.3.2 Beta.ARPA Service shutting down\r\n",
+            message.id
+        )));
     }
 
     #[test]
@@ -574,7 +640,11 @@ mod tests {
         let s = settings("");
         let mut ids = QueueIds::default();
         let mut session = Session::new(&s, "192.0.2.9".parse().unwrap());
-        let mut env = Env { settings: &s, now: SystemTime::now(), ids: &mut ids };
+        let mut env = Env {
+            settings: &s,
+            now: SystemTime::now(),
+            ids: &mut ids,
+        };
         session.receive(b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<jones@beta.arpa>\r\nDATA\r\nhi\r\n.\r\nRCPT TO:<brown@beta.arpa>\r\n", &mut env);
         assert!(session.awaiting_commit());
         session.take_accepted().unwrap();

@@ -26,7 +26,14 @@ pub struct Mailhop {
 pub fn start_in(dir: &Path, config: &str) -> Mailhop {
     let text = format!("listen = [\"127.0.0.1:0\"]\nqueue = \"queue.db\"\n{config}");
     std::fs::write(dir.join("mailhop.toml"), text).unwrap();
-    spawn(dir, &["serve", "--config", dir.join("mailhop.toml").to_str().unwrap()])
+    spawn(
+        dir,
+        &[
+            "serve",
+            "--config",
+            dir.join("mailhop.toml").to_str().unwrap(),
+        ],
+    )
 }
 
 /// Starts `mailhop` with `args` in `dir` and waits for `listening on`.
@@ -119,7 +126,9 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         let reader = BufReader::new(stream.try_clone().unwrap());
         Client { stream, reader }
     }
@@ -162,7 +171,10 @@ impl Client {
 /// Asserts a reply starts with `prefix`, showing the reply otherwise.
 #[track_caller]
 pub fn expect(reply: &str, prefix: &str) {
-    assert!(reply.starts_with(prefix), "expected {prefix:?}, got {reply:?}");
+    assert!(
+        reply.starts_with(prefix),
+        "expected {prefix:?}, got {reply:?}"
+    );
 }
 
 /// The queue ID in `250 2.0.0 Ok: queued as <ID>`.
@@ -174,8 +186,9 @@ pub fn queued_id(reply: &str) -> String {
 
 /// Opens the queue file read-only from outside, as an operator would.
 pub fn open_queue(path: &Path) -> rusqlite::Connection {
-    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .expect("open queue");
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open queue");
     conn.busy_timeout(Duration::from_secs(5)).unwrap();
     conn
 }
@@ -218,4 +231,16 @@ pub fn skip(test: &str, why: &str) {
 
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
+}
+
+/// Connects from a chosen loopback source address (another client IP).
+pub fn connect_from(source: &str, addr: SocketAddr) -> std::io::Result<Client> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let source: SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&source.into())?;
+    socket.connect(&addr.into())?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let reader = BufReader::new(stream.try_clone()?);
+    Ok(Client { stream, reader })
 }
