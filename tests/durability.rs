@@ -13,7 +13,7 @@ use common::*;
 const CONFIG: &str =
     "hostname = \"beta.example\"\nlocal_domains = [\"beta.example\"]\nlocal_users = [\"jones\"]\n";
 const CLIENTS: usize = 8;
-const KILL_AFTER: usize = 1500;
+const KILL_AFTER: usize = 3000;
 
 #[test]
 fn kill_9_during_load_loses_no_acknowledged_message() {

@@ -172,7 +172,12 @@ impl Server {
                 match event.token() {
                     WAKER => self.check_signals(),
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
-                    Token(key) => self.conn_event(key, event.is_readable(), event.is_writable()),
+                    // Hang-ups and errors surface through the next read.
+                    Token(key) => self.conn_event(
+                        key,
+                        event.is_readable() || event.is_read_closed() || event.is_error(),
+                        event.is_writable() || event.is_write_closed(),
+                    ),
                 }
             }
             self.run_runnable();

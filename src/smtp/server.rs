@@ -443,8 +443,10 @@ fn line_limit(line: &[u8]) -> usize {
     }
 }
 
-/// RFC 5321 4.4 trace line, folded like Postfix's. `for` names the
+/// RFC 5321 4.4 trace line, on one line unless that would pass 998
+/// octets, then folded before `by`, `for` and the date. `for` names the
 /// recipient only when there is one, so Bcc recipients are not disclosed.
+/// HELO sessions say `with SMTP`, EHLO ones `with ESMTP` (RFC 3848).
 fn received_header(
     session: &Session,
     txn: &Transaction,
@@ -453,15 +455,23 @@ fn received_header(
 ) -> String {
     let protocol = if session.esmtp { "ESMTP" } else { "SMTP" };
     let date = chrono::DateTime::<chrono::Utc>::from(now).to_rfc2822();
-    let mut header = format!(
-        "Received: from {} ([{}])\r\n\tby {} (mailhop) with {} id {}",
-        session.helo, session.client, settings.hostname, protocol, txn.id
+    let from = format!("from {} ([{}])", session.helo, session.client);
+    let by = format!(
+        "by {} (mailhop) with {} id {}",
+        settings.hostname, protocol, txn.id
     );
-    if let [only] = txn.recipients.as_slice() {
-        let _ = write!(header, "\r\n\tfor <{}>", only.mailbox);
-    }
-    let _ = write!(header, ";\r\n\t{date}\r\n");
-    header
+    let rcpt = match txn.recipients.as_slice() {
+        [only] => format!(" for <{}>", only.mailbox),
+        _ => String::new(),
+    };
+    let one_line = "Received: ".len() + from.len() + 1 + by.len() + rcpt.len() + 2 + date.len();
+    let sep = if one_line <= 998 { " " } else { "\r\n\t" };
+    let rcpt = if rcpt.is_empty() {
+        rcpt
+    } else {
+        format!("{sep}{}", &rcpt[1..])
+    };
+    format!("Received: {from}{sep}{by}{rcpt};{sep}{date}\r\n")
 }
 
 #[cfg(test)]
@@ -540,9 +550,14 @@ mod tests {
         assert_eq!(message.sender, "Smith@Alpha.ARPA");
         let body = String::from_utf8_lossy(&message.body);
         assert!(body.starts_with(
-            "Received: from Alpha.ARPA ([192.0.2.9])\r\n\tby Beta.ARPA (mailhop) with SMTP id "
+            "Received: from Alpha.ARPA ([192.0.2.9]) by Beta.ARPA (mailhop) with SMTP id "
         ));
-        assert!(body.ends_with(";\r\n\tFri, 15 Jan 2027 08:00:00 +0000\r\nBlah blah blah...\r\n.etc. etc. etc.\r\n"), "{body}");
+        assert!(
+            body.ends_with(
+                "; Fri, 15 Jan 2027 08:00:00 +0000\r\nBlah blah blah...\r\n.etc. etc. etc.\r\n"
+            ),
+            "{body}"
+        );
         assert!(out.contains(&format!("250 2.0.0 Ok: queued as {}\r\n", message.id)));
     }
 

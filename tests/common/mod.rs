@@ -225,8 +225,10 @@ pub fn have(program: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Says why a test did not run. Written to stderr directly, not through
+/// `eprintln!`, so the test harness does not swallow it for a passing test.
 pub fn skip(test: &str, why: &str) {
-    eprintln!("SKIPPED {test}: {why}");
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
 pub fn tempdir() -> tempfile::TempDir {
