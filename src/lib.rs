@@ -9,8 +9,10 @@
 //! - [`policy`]: who may relay where, and each recipient's next hop.
 //! - [`config`] and [`cli`]: the TOML file and the command line.
 
+pub mod bounce;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod event_loop;
 pub mod message;
 pub mod policy;

@@ -86,6 +86,20 @@ impl Queue {
     /// Stores every message of one loop turn in one transaction (one fsync).
     /// Either all are durable when this returns Ok, or none are.
     pub fn commit(&mut self, batch: &[&Message]) -> Result<(), QueueError> {
+        self.commit_messages(batch)
+    }
+
+    /// Everything one loop turn finished, in one transaction (one fsync):
+    /// new messages, then delivery outcomes, host states, held-back hops and
+    /// delay warnings. Either all of it is durable when this returns Ok, or
+    /// none of it is.
+    pub fn commit_turn(&mut self, batch: &Batch<'_>) -> Result<(), QueueError> {
+        todo!("helper: extend the old commit to the whole batch")
+    }
+
+    /// Old body of commit, for the helper to fold into commit_turn (and
+    /// make `commit` a thin wrapper of it).
+    fn commit_messages(&mut self, batch: &[&Message]) -> Result<(), QueueError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -101,6 +115,142 @@ impl Queue {
             insert(&tx, message)?;
         }
         tx.commit().map_err(sql("commit"))
+    }
+}
+
+/// One recipient leased for delivery (status now `active`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasedRecipient {
+    /// `recipients` rowid: what outcomes refer to.
+    pub row: i64,
+    pub mailbox: String,
+    pub forward_path: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// Due recipients of one message that share a next hop: one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub message_id: String,
+    pub next_hop: String,
+    pub recipients: Vec<LeasedRecipient>,
+}
+
+/// A stored message as delivery needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: String,
+    pub sender: String,
+    pub reverse_path: String,
+    pub received_at: SystemTime,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+    /// A delay warning was already sent for it.
+    pub warned: bool,
+    pub body: Vec<u8>,
+}
+
+/// Where a recipient stands after an attempt (or a decision without one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientState {
+    Delivered,
+    Deferred { next_attempt: SystemTime },
+    Bounced,
+    Expired,
+    Deleted,
+}
+
+/// One delivery attempt, for the `attempts` history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// The address actually connected to (`127.0.0.1:2526`), or `local`.
+    pub host: String,
+    pub started_at: SystemTime,
+    pub finished_at: SystemTime,
+}
+
+/// The new state of one leased recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub row: i64,
+    pub message_id: String,
+    pub recipient: String,
+    pub next_hop: String,
+    pub state: RecipientState,
+    /// The reply (or connection error) that decided it, as one line.
+    pub reply: String,
+    /// `Some` when an attempt was made: counted in `attempts` and logged in
+    /// the history; `None` for decisions without one (held back because
+    /// the host is failing, expired while waiting, deleted).
+    pub attempt: Option<Attempt>,
+    pub at: SystemTime,
+}
+
+/// The state of a next hop, for the `hosts` view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostUpdate {
+    pub next_hop: String,
+    pub up: bool,
+    pub failures: u32,
+    pub last_error: Option<String>,
+    pub next_retry: Option<SystemTime>,
+}
+
+/// Push every waiting recipient of a failing next hop to its retry time,
+/// so a dead host costs no attempt per message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldBack {
+    pub next_hop: String,
+    pub until: SystemTime,
+    pub reply: String,
+}
+
+/// What one loop turn commits together.
+#[derive(Debug, Default)]
+pub struct Batch<'a> {
+    pub messages: Vec<&'a Message>,
+    pub outcomes: Vec<Outcome>,
+    pub hosts: Vec<HostUpdate>,
+    pub hold_backs: Vec<HoldBack>,
+    /// Message IDs whose delay warning went out.
+    pub warned: Vec<String>,
+}
+
+impl Batch<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+            && self.outcomes.is_empty()
+            && self.hosts.is_empty()
+            && self.hold_backs.is_empty()
+            && self.warned.is_empty()
+    }
+}
+
+impl Queue {
+    /// Leases up to `limit` due recipients (`queued`/`deferred` with
+    /// `next_attempt <= now`, oldest first, through the due index): marks
+    /// them `active` (committed before returning) and groups them per
+    /// message and next hop. Recipients of held messages are never due.
+    pub fn lease_due(&mut self, now: SystemTime, limit: usize) -> Result<Vec<Lease>, QueueError> {
+        todo!()
+    }
+
+    /// The earliest `next_attempt` of any waiting recipient (index, no scan).
+    pub fn next_due(&self) -> Result<Option<SystemTime>, QueueError> {
+        todo!()
+    }
+
+    /// One message with its body, for delivery or a bounce.
+    pub fn message(&self, id: &str) -> Result<StoredMessage, QueueError> {
+        todo!()
+    }
+
+    /// Deletes final recipients finished before `before`, their attempt
+    /// history, and messages left without recipients; at most `limit` rows
+    /// per call so the loop is never blocked long. Returns rows deleted.
+    pub fn prune(&mut self, before: SystemTime, limit: usize) -> Result<usize, QueueError> {
+        todo!()
     }
 }
 

@@ -3,5 +3,7 @@
 
 pub mod address;
 pub mod command;
+pub mod client;
 pub mod data;
+pub mod reply;
 pub mod server;

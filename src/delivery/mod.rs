@@ -1,0 +1,4 @@
+//! Delivery decisions that need no socket: the retry schedule and local
+//! Maildir delivery.
+
+pub mod maildir;
