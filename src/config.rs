@@ -844,7 +844,7 @@ fn check_user(u: &str) -> Result<(), &'static str> {
 }
 
 /// `host:port`, `[ip]:port`, `[ip]` or a bare IPv4 (port 25), or a host name (MX).
-fn parse_route(v: &str) -> Result<RouteTarget, String> {
+pub fn parse_route(v: &str) -> Result<RouteTarget, String> {
     let bad = |why: &str| {
         format!(
             "bad route {v:?}: {why} (expected host:port, [ip]:port, or a host name for MX lookup)"

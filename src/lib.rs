@@ -17,4 +17,5 @@ pub mod event_loop;
 pub mod message;
 pub mod policy;
 pub mod queue;
+pub mod routing;
 pub mod smtp;

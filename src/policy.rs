@@ -56,6 +56,16 @@ impl Policy {
 
     /// Decides one `RCPT TO:` and, when accepted, where it goes next.
     pub fn recipient(&self, client: IpAddr, path: &ForwardPath) -> Result<Recipient, Refusal> {
+        self.decide(self.may_relay(client), path)
+    }
+
+    /// Where mail we make ourselves (a bounce to a sender) goes: as from a
+    /// trusted client, so only an unknown local user can refuse it.
+    pub fn route(&self, path: &ForwardPath) -> Result<Recipient, Refusal> {
+        self.decide(true, path)
+    }
+
+    fn decide(&self, trusted: bool, path: &ForwardPath) -> Result<Recipient, Refusal> {
         let path = match path {
             ForwardPath::Postmaster => {
                 let mailbox = format!("postmaster@{}", self.hostname);
@@ -75,13 +85,13 @@ impl Policy {
             }
         };
         match route.first() {
-            None => self.mailbox(client, &path.mailbox),
-            Some(next_host) => self.routed(client, path, route, next_host),
+            None => self.mailbox(trusted, &path.mailbox),
+            Some(next_host) => self.routed(trusted, path, route, next_host),
         }
     }
 
     /// A plain mailbox (no route left).
-    fn mailbox(&self, client: IpAddr, mailbox: &Mailbox) -> Result<Recipient, Refusal> {
+    fn mailbox(&self, trusted: bool, mailbox: &Mailbox) -> Result<Recipient, Refusal> {
         let written = mailbox.to_string();
         let next_hop = match &mailbox.domain {
             Domain::Name(name) => {
@@ -91,14 +101,17 @@ impl Policy {
                         return Err(Refusal::NoSuchUser);
                     }
                     LOCAL.to_string()
-                } else if self.relay_domains.contains(&domain) || self.may_relay(client) {
+                } else if self.relay_domains.contains(&domain) || trusted {
                     self.next_hop(&domain)
                 } else {
                     return Err(Refusal::RelayDenied);
                 }
             }
             // Literals are never ours; only trusted clients may aim at one.
-            Domain::Literal(_) if self.may_relay(client) => mailbox.domain.to_string(),
+            // The next hop is the address itself: `[192.0.2.1]`, `[2001:db8::1]`.
+            Domain::Literal(text) if trusted => {
+                format!("[{}]", text.strip_prefix("IPv6:").unwrap_or(text))
+            }
             Domain::Literal(_) => return Err(Refusal::RelayDenied),
         };
         Ok(Recipient {
@@ -112,13 +125,13 @@ impl Policy {
     /// to that host, carrying the rest of the route.
     fn routed(
         &self,
-        client: IpAddr,
+        trusted: bool,
         path: &Path,
         route: &[String],
         next_host: &str,
     ) -> Result<Recipient, Refusal> {
         let next_host = next_host.to_lowercase();
-        if !self.may_relay(client) {
+        if !trusted {
             // Routing through a trusted neighbour to a foreign mailbox is
             // the classic open-relay trick: both ends must be ours to serve.
             let mailbox_ok = match &path.mailbox.domain {
@@ -176,7 +189,7 @@ impl Policy {
     /// Local parts match case-insensitively; a quoted local part that only
     /// quotes an ordinary name (`"jones"`) is that name. Postmaster always
     /// exists (RFC 5321 4.5.1).
-    fn is_local_user(&self, local: &str) -> bool {
+    pub fn is_local_user(&self, local: &str) -> bool {
         let user = local_user_name(local);
         user == "postmaster" || self.local_users.contains(&user)
     }

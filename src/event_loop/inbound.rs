@@ -15,7 +15,7 @@ use log::debug;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{Server, LISTENER_BASE};
+use super::{write_out, Server, OUT_BASE};
 use crate::smtp::server::{Env, Session};
 
 /// Input a session may hold unconsumed: a partial command line is at most
@@ -86,7 +86,7 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let entry = self.conns.vacant_entry();
             let key = entry.key();
-            if key >= LISTENER_BASE
+            if key >= OUT_BASE
                 || self
                     .poll
                     .registry()
@@ -221,23 +221,4 @@ impl Server {
         }
         debug!("disconnect [{}] session {key}", conn.ip);
     }
-}
-
-/// Writes as much of `out` as the socket takes; true when it would block.
-fn write_out(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<bool> {
-    let mut written = 0;
-    let result = loop {
-        if written == out.len() {
-            break Ok(false);
-        }
-        match stream.write(&out[written..]) {
-            Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => break Err(e),
-        }
-    };
-    out.drain(..written);
-    result
 }

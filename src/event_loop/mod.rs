@@ -3,9 +3,11 @@
 //! commit at the end of each turn, and the shutdown drain.
 
 mod inbound;
+mod outbound;
+mod scheduler;
 
 use std::collections::BTreeSet;
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,21 +15,26 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hashbrown::HashMap;
 use log::{error, info, warn};
-use mio::net::TcpListener;
+use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::config::Config;
+use crate::config::{Config, Retry, SourceRoutes, Timeouts};
 use crate::message::{Message, QueueIds};
-use crate::queue::Queue;
+use crate::queue::{Batch, Queue};
 use crate::smtp::server::Settings;
 use inbound::Conn;
+use outbound::{Job, OutConn};
+use scheduler::{HostHealth, Turn};
 
 /// Accept backlog: bursts of connections are queued, not dropped at SYN.
 const LISTEN_BACKLOG: i32 = 1024;
 const WAKER: Token = Token(usize::MAX - 1);
-/// Listener `i` has token `LISTENER_BASE + i`; sessions are slab keys below.
+/// Listener `i` has token `LISTENER_BASE + i`.
 const LISTENER_BASE: usize = usize::MAX - 1 - 1024;
+/// Outbound session `k` has token `OUT_BASE + k`; inbound sessions are slab
+/// keys below it.
+const OUT_BASE: usize = 1 << 30;
 /// How long sessions inside DATA may go on after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Back-off after accept fails for want of file descriptors.
@@ -92,6 +99,31 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     now: Instant,
     wall: SystemTime,
+    // The outbound side.
+    out: Slab<OutConn>,
+    out_deadlines: BTreeSet<Deadline>,
+    /// Leased jobs waiting for a connection, per next hop.
+    jobs: HashMap<String, std::collections::VecDeque<Job>>,
+    jobs_in_memory: usize,
+    /// Next hops that could not be reached, until their retry time.
+    hosts: HashMap<String, HostHealth>,
+    /// Next hops already recorded as up in this run.
+    hosts_seen: hashbrown::HashSet<String>,
+    /// Messages whose delay warning went out in this run.
+    warned: hashbrown::HashSet<String>,
+    turn: Turn,
+    next_scan: Instant,
+    next_prune: Instant,
+    limits: OutboundLimits,
+    retry: Retry,
+    timeouts: Timeouts,
+    maildir: std::path::PathBuf,
+    honor_routes: bool,
+}
+
+struct OutboundLimits {
+    out_total: usize,
+    out_per_host: usize,
 }
 
 impl Server {
@@ -135,6 +167,24 @@ impl Server {
             accept_paused_until: None,
             now: Instant::now(),
             wall: SystemTime::now(),
+            out: Slab::new(),
+            out_deadlines: BTreeSet::new(),
+            jobs: HashMap::new(),
+            jobs_in_memory: 0,
+            hosts: HashMap::new(),
+            hosts_seen: hashbrown::HashSet::new(),
+            warned: hashbrown::HashSet::new(),
+            turn: Turn::default(),
+            next_scan: Instant::now(),
+            next_prune: Instant::now(),
+            limits: OutboundLimits {
+                out_total: config.outbound_max_connections,
+                out_per_host: config.outbound_max_connections_per_host,
+            },
+            retry: config.retry.clone(),
+            timeouts: config.timeouts.clone(),
+            maildir: config.maildir.clone(),
+            honor_routes: config.source_routes == SourceRoutes::Honor,
         })
     }
 
@@ -172,6 +222,11 @@ impl Server {
                 match event.token() {
                     WAKER => self.check_signals(),
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
+                    Token(t) if t >= OUT_BASE => self.out_event(
+                        t - OUT_BASE,
+                        event.is_readable() || event.is_read_closed() || event.is_error(),
+                        event.is_writable() || event.is_write_closed() || event.is_error(),
+                    ),
                     // Hang-ups and errors surface through the next read.
                     Token(key) => self.conn_event(
                         key,
@@ -182,12 +237,15 @@ impl Server {
             }
             self.run_runnable();
             self.fire_deadlines();
+            self.fire_out_deadlines();
             if self.accept_paused_until.is_some_and(|t| t <= self.now) {
                 self.accept_paused_until = None;
                 for i in 0..self.listeners.len() {
                     self.accept(i);
                 }
             }
+            self.commit();
+            self.schedule();
             self.commit();
             if let Some(deadline) = self.shutdown {
                 if self.conns.is_empty() || self.now >= deadline {
@@ -200,13 +258,16 @@ impl Server {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.runnable.is_empty() || !self.to_commit.is_empty() {
+        if !self.runnable.is_empty() || !self.to_commit.is_empty() || !self.turn.is_empty() {
             return Some(Duration::ZERO);
         }
+        let scan = self.shutdown.is_none().then_some(self.next_scan);
         let next = [
             self.deadlines.first().map(|d| d.0),
+            self.out_deadlines.first().map(|d| d.0),
             self.shutdown,
             self.accept_paused_until,
+            scan,
         ]
         .into_iter()
         .flatten()
@@ -228,21 +289,52 @@ impl Server {
             self.conns[key].session.shutdown(&self.settings);
             self.drive(key);
         }
+        // Idle outbound sessions say QUIT; busy ones are cut at exit and
+        // their mail, still leased, is due again at the next start.
+        let idle: Vec<usize> = self.out.iter().filter(|(_, c)| c.idle).map(|(k, _)| k).collect();
+        for key in idle {
+            self.out[key].idle = false;
+            self.out_quit(key);
+        }
     }
 
-    /// Group commit: everything that reached end of data this turn shares
-    /// one transaction; only then are the 250s (or 451s) written.
+    /// Group commit: everything that reached end of data this turn, and
+    /// every delivery outcome, shares one transaction; only then are the
+    /// 250s (or 451s) written. Outcomes of a failed commit wait for the next.
     fn commit(&mut self) {
-        if self.to_commit.is_empty() {
+        if self.to_commit.is_empty() && self.turn.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.to_commit);
-        let messages: Vec<&Message> = batch.iter().map(|(_, m)| m).collect();
-        let result = self.queue.commit(&messages);
-        if let Err(e) = &result {
-            error!("queue commit of {} message(s) failed: {e}", batch.len());
+        let inbound = std::mem::take(&mut self.to_commit);
+        let turn = std::mem::take(&mut self.turn);
+        let batch = Batch {
+            messages: inbound.iter().map(|(_, m)| m).chain(&turn.generated).collect(),
+            outcomes: turn.outcomes,
+            hosts: turn.hosts,
+            hold_backs: turn.hold_backs,
+            warned: turn.warned,
+        };
+        let result = self.queue.commit_turn(&batch);
+        let Batch { messages, outcomes, hosts, hold_backs, warned } = batch;
+        drop(messages);
+        match &result {
+            Ok(()) => {
+                if !inbound.is_empty() || !turn.generated.is_empty() {
+                    self.next_scan = self.now; // new mail is due at once
+                }
+            }
+            Err(e) => {
+                error!("queue commit failed: {e}");
+                self.turn = Turn {
+                    outcomes,
+                    hosts,
+                    hold_backs,
+                    warned,
+                    generated: turn.generated,
+                };
+            }
         }
-        for (key, message) in &batch {
+        for (key, message) in &inbound {
             if result.is_ok() {
                 info!(
                     "{}: from=<{}> size={} nrcpt={} client=[{}] helo={}",
@@ -260,7 +352,7 @@ impl Server {
                 conn.session.committed(reply, &self.settings);
             }
         }
-        for (key, _) in batch {
+        for (key, _) in inbound {
             if self.conns.contains(key) {
                 self.drive(key);
             }
@@ -306,4 +398,23 @@ impl Server {
         }
         self.accept_paused_until = Some(self.now + ACCEPT_RETRY);
     }
+}
+
+/// Writes as much of `out` as the socket takes; true when it would block.
+fn write_out(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<bool> {
+    let mut written = 0;
+    let result = loop {
+        if written == out.len() {
+            break Ok(false);
+        }
+        match stream.write(&out[written..]) {
+            Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    out.drain(..written);
+    result
 }

@@ -43,7 +43,7 @@ const PRAGMAS: [(&str, &str, &str); 3] = [
 ];
 
 /// ISO 8601 UTC as stored in the queue; text that sorts in time order.
-fn iso8601(t: SystemTime) -> String {
+pub fn iso8601(t: SystemTime) -> String {
     DateTime::<Utc>::from(t)
         .format("%Y-%m-%dT%H:%M:%SZ")
         .to_string()

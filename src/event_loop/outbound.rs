@@ -1,0 +1,431 @@
+//! Outbound sessions on the loop: connect to a next hop, drive the client
+//! state machine, keep the connection a few seconds for the next message,
+//! and turn what the server said into outcomes for the turn's commit.
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use log::{debug, info, warn};
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+
+use super::{write_out, Server, OUT_BASE};
+use crate::queue::{Lease, StoredMessage};
+use crate::smtp::client::{Client, Event, Transaction, Wait};
+use crate::smtp::reply::Reply;
+
+/// How long a connection waits, idle, for another message to the same hop.
+pub(super) const IDLE_KEEP: Duration = Duration::from_secs(5);
+
+/// Leased recipients of one message for one next hop, with the message.
+pub(super) struct Job {
+    pub(super) lease: Lease,
+    /// The envelope; its `body` is moved out into `body`.
+    pub(super) message: Rc<StoredMessage>,
+    /// Shared with the client machine while it sends, never copied.
+    pub(super) body: Rc<[u8]>,
+    pub(super) addr: SocketAddr,
+    pub(super) started_at: SystemTime,
+}
+
+pub(super) struct OutConn {
+    stream: TcpStream,
+    client: Client,
+    pub(super) hop: String,
+    addr: SocketAddr,
+    connected: bool,
+    /// Greeting and EHLO went through: the host is up.
+    greeted: bool,
+    inbuf: Vec<u8>,
+    readable: bool,
+    writable: bool,
+    job: Option<Job>,
+    pub(super) idle: bool,
+    pub(super) deadline: Instant,
+}
+
+impl Server {
+    /// Hands waiting jobs of `hop` to idle connections, and opens new ones
+    /// (within the limits) for the rest.
+    pub(super) fn dispatch(&mut self, hop: &str) {
+        let Some(waiting) = self.jobs.get(hop).map(VecDeque::len) else { return };
+        if waiting == 0 {
+            return;
+        }
+        if let Some(until) = self.failing_until(hop) {
+            let jobs: Vec<Job> = self.jobs.get_mut(hop).map(|q| q.drain(..).collect()).unwrap_or_default();
+            let reply = self.host_error(hop);
+            for job in jobs {
+                self.settle_job(job, &[], reply.clone(), None, Some(until));
+            }
+            return;
+        }
+        let idle: Vec<usize> = self
+            .out
+            .iter()
+            .filter(|(_, c)| c.idle && c.hop == hop)
+            .map(|(k, _)| k)
+            .collect();
+        for key in idle {
+            self.out[key].idle = false;
+            self.next_job(key);
+            self.drive_out(key);
+        }
+        let waiting = self.jobs.get(hop).map_or(0, VecDeque::len);
+        let on_hop = self.out.iter().filter(|(_, c)| c.hop == hop).count();
+        let starting = self
+            .out
+            .iter()
+            .filter(|(_, c)| c.hop == hop && c.job.is_none() && !c.idle)
+            .count();
+        let mut to_open = waiting
+            .saturating_sub(starting)
+            .min(self.limits.out_per_host.saturating_sub(on_hop))
+            .min(self.limits.out_total.saturating_sub(self.out.len()));
+        while to_open > 0 {
+            let Some(addr) = self.jobs.get(hop).and_then(|q| q.front()).map(|j| j.addr) else { return };
+            self.open(hop, addr);
+            to_open -= 1;
+        }
+    }
+
+    fn open(&mut self, hop: &str, addr: SocketAddr) {
+        let entry = self.out.vacant_entry();
+        let key = entry.key();
+        let stream = TcpStream::connect(addr).and_then(|mut stream| {
+            self.poll
+                .registry()
+                .register(&mut stream, Token(OUT_BASE + key), Interest::READABLE | Interest::WRITABLE)?;
+            Ok(stream)
+        });
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                let reply = Reply::local(451, "4.4.1", &format!("connect to {addr}: {e}"));
+                return self.hop_failed(hop, addr, reply);
+            }
+        };
+        let deadline = self.now + self.timeouts.connect;
+        entry.insert(OutConn {
+            stream,
+            client: Client::new(&self.settings.hostname),
+            hop: hop.to_string(),
+            addr,
+            connected: false,
+            greeted: false,
+            inbuf: Vec::new(),
+            readable: false,
+            writable: false,
+            job: None,
+            idle: false,
+            deadline,
+        });
+        self.out_deadlines.insert((deadline, key));
+        debug!("connecting to {hop} [{addr}] as outbound {key}");
+    }
+
+    pub(super) fn out_event(&mut self, key: usize, readable: bool, writable: bool) {
+        let Some(conn) = self.out.get_mut(key) else { return };
+        conn.readable |= readable;
+        conn.writable |= writable;
+        self.drive_out(key);
+    }
+
+    /// Moves one outbound session as far as it goes now.
+    pub(super) fn drive_out(&mut self, key: usize) {
+        let Some(conn) = self.out.get_mut(key) else { return };
+        if !conn.connected {
+            if !(conn.readable || conn.writable) {
+                return;
+            }
+            // mio: connected only once writable, no pending error, and a peer.
+            let error = match conn.stream.take_error() {
+                Ok(None) => match conn.stream.peer_addr() {
+                    Ok(_) => None,
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                    Err(e) => Some(e),
+                },
+                Ok(Some(e)) | Err(e) => Some(e),
+            };
+            if let Some(e) = error {
+                let reply = Reply::local(451, "4.4.1", &format!("connect to {}: {e}", conn.addr));
+                return self.out_failed(key, reply);
+            }
+            conn.connected = true;
+        }
+        loop {
+            let Some(conn) = self.out.get_mut(key) else { return };
+            if !conn.inbuf.is_empty() {
+                let used = conn.client.receive(&conn.inbuf);
+                conn.inbuf.drain(..used);
+            }
+            let mut acted = false;
+            while let Some(event) = self.out.get_mut(key).and_then(|c| c.client.poll_event()) {
+                acted = true;
+                self.client_event(key, event);
+            }
+            let Some(conn) = self.out.get_mut(key) else { return };
+            let mut progressed = acted;
+            while conn.writable {
+                let out = conn.client.output();
+                if out.is_empty() {
+                    break;
+                }
+                match write_out(&mut conn.stream, out) {
+                    Ok(blocked) => {
+                        conn.writable = !blocked;
+                        progressed = true;
+                    }
+                    Err(e) => {
+                        let reply = Reply::local(451, "4.4.2", &format!("lost connection with {}: {e}", conn.addr));
+                        return self.out_failed(key, reply);
+                    }
+                }
+            }
+            if !conn.readable {
+                if !progressed {
+                    break;
+                }
+                continue;
+            }
+            match conn.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    let reply = Reply::local(451, "4.4.2", &format!("connection closed by {}", conn.addr));
+                    return self.out_failed(key, reply);
+                }
+                Ok(n) => {
+                    if conn.inbuf.len() + n > MAX_REPLY_BUFFER {
+                        let reply = Reply::local(451, "4.5.0", &format!("{} talks without end", conn.addr));
+                        return self.out_failed(key, reply);
+                    }
+                    conn.inbuf.extend_from_slice(&self.scratch[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let reply = Reply::local(451, "4.4.2", &format!("lost connection with {}: {e}", conn.addr));
+                    return self.out_failed(key, reply);
+                }
+            }
+        }
+        self.set_out_deadline(key);
+    }
+
+    fn set_out_deadline(&mut self, key: usize) {
+        let Some(conn) = self.out.get_mut(key) else { return };
+        let t = &self.timeouts;
+        let wait = if conn.idle {
+            IDLE_KEEP
+        } else {
+            match conn.client.waiting() {
+                Some(Wait::Command) | None => t.command,
+                Some(Wait::DataInit) => t.data_init,
+                Some(Wait::DataBlock) => t.data_block,
+                Some(Wait::DataDone) => t.data_done,
+            }
+        };
+        let deadline = self.now + wait;
+        if deadline != conn.deadline {
+            self.out_deadlines.remove(&(conn.deadline, key));
+            conn.deadline = deadline;
+            self.out_deadlines.insert((deadline, key));
+        }
+    }
+
+    fn client_event(&mut self, key: usize, event: Event) {
+        match event {
+            Event::Ready => {
+                let conn = &mut self.out[key];
+                if !conn.greeted {
+                    conn.greeted = true;
+                    let hop = conn.hop.clone();
+                    self.hop_up(&hop);
+                }
+                self.next_job(key);
+            }
+            Event::Finished(replies) => {
+                let conn = &mut self.out[key];
+                if let Some(job) = conn.job.take() {
+                    let remote = conn.addr.to_string();
+                    self.settle_job(job, &replies, Reply::local(451, "4.4.0", "no reply"), Some(&remote), None);
+                }
+            }
+            Event::Failed { reply, recipients } => {
+                let conn = &mut self.out[key];
+                let greeted = conn.greeted;
+                let (hop, addr) = (conn.hop.clone(), conn.addr);
+                if let Some(job) = conn.job.take() {
+                    let replies = recipients.unwrap_or_default();
+                    self.settle_job(job, &replies, reply.clone(), Some(&addr.to_string()), None);
+                }
+                self.close_out(key);
+                if !greeted {
+                    self.hop_failed(&hop, addr, reply);
+                }
+            }
+            Event::Closed => self.close_out(key),
+        }
+    }
+
+    /// Gives the connection the next job of its hop, or parks it idle (or
+    /// says QUIT when stopping).
+    fn next_job(&mut self, key: usize) {
+        let conn = &mut self.out[key];
+        let job = if self.shutdown.is_some() {
+            None
+        } else {
+            self.jobs.get_mut(&conn.hop).and_then(VecDeque::pop_front)
+        };
+        match job {
+            Some(mut job) => {
+                job.started_at = self.wall;
+                conn.client.send(transaction(&job, &self.settings.hostname, self.honor_routes));
+                conn.job = Some(job);
+                conn.idle = false;
+            }
+            None if self.shutdown.is_some() => conn.client.quit(),
+            None => conn.idle = true,
+        }
+    }
+
+    /// The connection broke (EOF, reset, timeout) outside the protocol.
+    pub(super) fn out_failed(&mut self, key: usize, reply: Reply) {
+        let Some(conn) = self.out.get_mut(key) else { return };
+        let recipients = conn.client.fail(reply.clone());
+        let (hop, addr, greeted) = (conn.hop.clone(), conn.addr, conn.greeted);
+        if let Some(job) = conn.job.take() {
+            self.settle_job(job, &recipients.unwrap_or_default(), reply.clone(), Some(&addr.to_string()), None);
+        }
+        self.close_out(key);
+        if !greeted {
+            self.hop_failed(&hop, addr, reply);
+        } else {
+            self.dispatch(&hop);
+        }
+    }
+
+    fn close_out(&mut self, key: usize) {
+        if !self.out.contains(key) {
+            return;
+        }
+        let conn = self.out.remove(key);
+        self.out_deadlines.remove(&(conn.deadline, key));
+        debug!("closed outbound {key} to {} [{}]", conn.hop, conn.addr);
+        if let Some(job) = conn.job {
+            // Only when stopping: the lease stays active and is retried
+            // after the restart.
+            self.jobs_in_memory -= 1;
+            debug!("{}: left active for the next start", job.lease.message_id);
+        }
+    }
+
+    /// No session could be had with the hop: hold its mail back until the
+    /// retry time instead of trying once per message.
+    fn hop_failed(&mut self, hop: &str, addr: SocketAddr, reply: Reply) {
+        let now = self.wall;
+        let health = self.hosts.entry(hop.to_string()).or_default();
+        // Parallel connections failing together are one failure.
+        if health.until.is_none_or(|until| until <= now) {
+            health.failures += 1;
+            health.until = Some(now + crate::delivery::retry_delay(&self.retry.schedule, health.failures));
+        }
+        let until = health.until.unwrap_or(now);
+        health.last_error = reply.to_string();
+        warn!("{hop} [{addr}] is failing ({}), holding its mail until {}", health.last_error, crate::queue::iso8601(until));
+        self.turn.hosts.push(crate::queue::HostUpdate {
+            next_hop: hop.to_string(),
+            up: false,
+            failures: health.failures,
+            last_error: Some(health.last_error.clone()),
+            next_retry: Some(until),
+        });
+        self.turn.hold_backs.push(crate::queue::HoldBack {
+            next_hop: hop.to_string(),
+            until,
+            reply: health.last_error.clone(),
+        });
+        let waiting: Vec<Job> = self.jobs.get_mut(hop).map(|q| q.drain(..).collect()).unwrap_or_default();
+        for job in waiting {
+            // They waited on this connection: it was their attempt too.
+            self.settle_job(job, &[], reply.clone(), Some(&addr.to_string()), Some(until));
+        }
+    }
+
+    fn hop_up(&mut self, hop: &str) {
+        if let Some(health) = self.hosts.remove(hop) {
+            info!("{hop} is up again after {} failure(s)", health.failures);
+            self.turn.hosts.push(crate::queue::HostUpdate {
+                next_hop: hop.to_string(),
+                up: true,
+                failures: 0,
+                last_error: None,
+                next_retry: None,
+            });
+        } else if self.hosts_seen.insert(hop.to_string()) {
+            self.turn.hosts.push(crate::queue::HostUpdate {
+                next_hop: hop.to_string(),
+                up: true,
+                failures: 0,
+                last_error: None,
+                next_retry: None,
+            });
+        }
+    }
+
+    pub(super) fn out_quit(&mut self, key: usize) {
+        if let Some(conn) = self.out.get_mut(key) {
+            conn.client.quit();
+            self.drive_out(key);
+        }
+    }
+
+    pub(super) fn fire_out_deadlines(&mut self) {
+        while let Some(&(when, key)) = self.out_deadlines.first() {
+            if when > self.now {
+                break;
+            }
+            self.out_deadlines.pop_first();
+            let Some(conn) = self.out.get_mut(key) else { continue };
+            if conn.deadline != when {
+                continue;
+            }
+            if conn.idle {
+                conn.idle = false;
+                self.out_quit(key);
+                continue;
+            }
+            let what = if conn.connected { "a reply" } else { "the connection" };
+            let reply = Reply::local(451, "4.4.2", &format!("timeout waiting for {what} from {}", conn.addr));
+            self.out_failed(key, reply);
+        }
+    }
+}
+
+/// Bytes of server replies we hold while waiting for the end of one.
+const MAX_REPLY_BUFFER: usize = 128 * 1024;
+
+/// The transaction for a job. With honoured source routes, a relay puts
+/// itself at the front of the reverse-path when it forwards along a route
+/// (RFC 821 3.1 / SPEC section 6).
+fn transaction(job: &Job, hostname: &str, honor_routes: bool) -> Transaction {
+    let message = &job.message;
+    let routed = job.lease.recipients.iter().any(|r| r.forward_path != r.mailbox);
+    let reverse_path = if honor_routes && routed && !message.reverse_path.is_empty() {
+        match message.reverse_path.split_once(':').filter(|_| message.reverse_path.starts_with('@')) {
+            Some((route, mailbox)) => format!("@{hostname},{route}:{mailbox}"),
+            None => format!("@{hostname}:{}", message.reverse_path),
+        }
+    } else {
+        message.reverse_path.clone()
+    };
+    Transaction {
+        reverse_path,
+        recipients: job.lease.recipients.iter().map(|r| r.forward_path.clone()).collect(),
+        body: job.body.clone(),
+        eight_bit: message.eight_bit,
+        smtputf8: message.smtputf8,
+    }
+}

@@ -1,0 +1,306 @@
+//! Work from the queue: lease what is due, deliver locally or hand it to a
+//! connection, and turn replies into outcomes, bounces and delay warnings
+//! for the turn's commit.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+use log::{error, info, warn};
+
+use super::outbound::Job;
+use super::Server;
+use crate::bounce::{self, Action, Original, ReportedRecipient};
+use crate::delivery::{self, maildir, Settled};
+use crate::message::Message;
+use crate::policy::local_user_name;
+use crate::queue::{Attempt, Lease};
+use crate::routing::{self, Hop};
+use crate::smtp::address::parse_forward_path;
+use crate::smtp::reply::Reply;
+
+/// Leased jobs held in memory at once (waiting or in flight).
+pub(super) const MAX_JOBS: usize = 2000;
+/// Look at the queue at least this often, for changes made from outside.
+const SCAN_EVERY: Duration = Duration::from_secs(2);
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const PRUNE_ROWS: usize = 1000;
+
+impl Server {
+    /// Leases due work when it is time, and starts it.
+    pub(super) fn schedule(&mut self) {
+        if self.shutdown.is_some() || self.now < self.next_scan {
+            return;
+        }
+        let room = MAX_JOBS.saturating_sub(self.jobs_in_memory);
+        let leases = if room == 0 {
+            Vec::new()
+        } else {
+            match self.queue.lease_due(self.wall, room) {
+                Ok(leases) => leases,
+                Err(e) => {
+                    error!("leasing due mail: {e}");
+                    Vec::new()
+                }
+            }
+        };
+        let full = room > 0 && leases.iter().map(|l| l.recipients.len()).sum::<usize>() >= room;
+        let mut hops = Vec::new();
+        for lease in leases {
+            if let Some(hop) = self.start(lease) {
+                if !hops.contains(&hop) {
+                    hops.push(hop);
+                }
+            }
+        }
+        for hop in hops {
+            self.dispatch(&hop);
+        }
+        self.next_scan = if full {
+            self.now
+        } else {
+            let due = match self.queue.next_due() {
+                Ok(due) => due,
+                Err(e) => {
+                    error!("reading the next due time: {e}");
+                    None
+                }
+            };
+            let wait = due.map_or(SCAN_EVERY, |t| t.duration_since(self.wall).unwrap_or_default().min(SCAN_EVERY));
+            // Stored times have whole seconds: never spin inside one.
+            self.now + wait.max(Duration::from_millis(200))
+        };
+        if self.now >= self.next_prune {
+            self.next_prune = self.now + PRUNE_EVERY;
+            let before = self.wall.checked_sub(self.retry.history_retention).unwrap_or(SystemTime::UNIX_EPOCH);
+            match self.queue.prune(before, PRUNE_ROWS) {
+                Ok(0) => {}
+                Ok(n) => info!("pruned {n} rows of history"),
+                Err(e) => error!("pruning history: {e}"),
+            }
+        }
+    }
+
+    /// One lease: delivered here, queued for a connection (its hop is
+    /// returned), or decided at once.
+    fn start(&mut self, lease: Lease) -> Option<String> {
+        let mut message = match self.queue.message(&lease.message_id) {
+            Ok(message) => message,
+            Err(e) => {
+                error!("{}: cannot load: {e}; left active until restart", lease.message_id);
+                return None;
+            }
+        };
+        let body: Rc<[u8]> = std::mem::take(&mut message.body).into();
+        self.jobs_in_memory += 1;
+        let mut job = Job {
+            lease,
+            message: Rc::new(message),
+            body,
+            addr: (Ipv4Addr::UNSPECIFIED, 0).into(),
+            started_at: self.wall,
+        };
+        match routing::hop(&job.lease.next_hop) {
+            Hop::Local => {
+                self.deliver_locally(job);
+                None
+            }
+            Hop::Lookup(name) => {
+                // Until the resolver lands, names wait (and say why).
+                let reply = Reply::local(451, "4.4.3", &format!("cannot resolve {name}: DNS lookups are not supported yet"));
+                let attempt_reply = reply.clone();
+                self.settle_job(job, &[], attempt_reply, None, None);
+                None
+            }
+            Hop::Connect(addr) => {
+                job.addr = addr;
+                let hop = job.lease.next_hop.clone();
+                self.jobs.entry(hop.clone()).or_insert_with(VecDeque::new).push_back(job);
+                Some(hop)
+            }
+        }
+    }
+
+    fn deliver_locally(&mut self, job: Job) {
+        let mut replies = Vec::with_capacity(job.lease.recipients.len());
+        for recipient in &job.lease.recipients {
+            let local = recipient.mailbox.rsplit_once('@').map_or(recipient.mailbox.as_str(), |(l, _)| l);
+            let reply = if !self.settings.policy.is_local_user(local) {
+                Reply::local(550, "5.1.1", &format!("<{}>: no such user here", recipient.mailbox))
+            } else {
+                let user = local_user_name(local);
+                match maildir::deliver(
+                    &self.maildir,
+                    &user,
+                    &job.message.sender,
+                    &recipient.mailbox,
+                    &job.body,
+                    &self.settings.hostname,
+                    self.wall,
+                ) {
+                    Ok(_) => Reply::local(250, "2.0.0", &format!("delivered to maildir {user}")),
+                    Err(e) => Reply::local(451, "4.3.0", &format!("maildir {user}: {e}")),
+                }
+            };
+            replies.push(reply);
+        }
+        self.settle_job(job, &replies, Reply::local(451, "4.3.0", "not delivered"), Some("local"), None);
+    }
+
+    /// Records what happened to a job's recipients: `replies` in recipient
+    /// order, `fallback` for any without one. `remote` is where it was
+    /// tried (None: not tried); `retry_at` overrides the schedule.
+    pub(super) fn settle_job(
+        &mut self,
+        job: Job,
+        replies: &[Reply],
+        fallback: Reply,
+        remote: Option<&str>,
+        retry_at: Option<SystemTime>,
+    ) {
+        self.jobs_in_memory -= 1;
+        let replies: Vec<Reply> = (0..job.lease.recipients.len())
+            .map(|i| replies.get(i).cloned().unwrap_or_else(|| fallback.clone()))
+            .collect();
+        let attempt = remote.map(|host| Attempt {
+            host: host.to_string(),
+            started_at: job.started_at,
+            finished_at: self.wall,
+        });
+        let settled = delivery::settle(
+            &job.lease,
+            &job.message,
+            &replies,
+            attempt.as_ref(),
+            remote,
+            retry_at,
+            self.wall,
+            &self.retry,
+        );
+        for outcome in &settled.outcomes {
+            info!(
+                "{}: to=<{}> relay={} status={} ({})",
+                outcome.message_id,
+                outcome.recipient,
+                outcome.next_hop,
+                status_word(&outcome.state),
+                outcome.reply
+            );
+        }
+        self.report(&job, settled);
+    }
+
+    /// Queues the outcomes, and tells the sender what failed (a bounce) or,
+    /// once per message, what is late (a delay warning). Mail from `<>` is
+    /// never reported on.
+    fn report(&mut self, job: &Job, settled: Settled) {
+        self.turn.outcomes.extend(settled.outcomes);
+        let message = &job.message;
+        if message.sender.is_empty() {
+            return;
+        }
+        if !settled.failed.is_empty() {
+            self.send_report(job, &settled.failed);
+        }
+        let warning = self.retry.delay_warning;
+        let late = self.wall.duration_since(message.received_at).unwrap_or_default() >= warning;
+        if !settled.delayed.is_empty()
+            && !warning.is_zero()
+            && late
+            && !message.warned
+            && self.warned.insert(message.id.clone())
+        {
+            self.send_report(job, &settled.delayed);
+            self.turn.warned.push(message.id.clone());
+        }
+    }
+
+    fn send_report(&mut self, job: &Job, recipients: &[ReportedRecipient]) {
+        let message = &job.message;
+        let path = format!("<{}>", message.reverse_path);
+        let recipient = match parse_forward_path(path.as_bytes()) {
+            Ok((path, _)) => self.settings.policy.route(&path),
+            Err(_) => {
+                warn!("{}: no report: cannot parse the sender {path}", message.id);
+                return;
+            }
+        };
+        let Ok(recipient) = recipient else {
+            warn!("{}: no report: sender {path} is an unknown local user", message.id);
+            return;
+        };
+        let original = Original {
+            id: &message.id,
+            sender: &message.sender,
+            received_at: message.received_at,
+            message: &job.body,
+        };
+        let body = bounce::report(&self.settings.hostname, &original, recipients, self.wall);
+        let id = self.ids.next(self.wall);
+        let kind = if recipients.iter().any(|r| r.action == Action::Failed) { "bounce" } else { "delay warning" };
+        info!("{}: {kind} to <{}> queued as {id}", message.id, message.sender);
+        self.turn.generated.push(Message {
+            id,
+            sender: String::new(),
+            reverse_path: String::new(),
+            recipients: vec![recipient],
+            client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            helo: self.settings.hostname.clone(),
+            received_at: self.wall,
+            eight_bit: !body.is_ascii(),
+            smtputf8: false,
+            body,
+        });
+    }
+
+    pub(super) fn failing_until(&self, hop: &str) -> Option<SystemTime> {
+        self.hosts.get(hop).and_then(|h| h.until).filter(|until| *until > self.wall)
+    }
+
+    pub(super) fn host_error(&self, hop: &str) -> Reply {
+        let text = self.hosts.get(hop).map_or("next hop is failing", |h| h.last_error.as_str());
+        Reply::local(451, "4.4.1", &format!("held back, {hop} is failing: {text}"))
+    }
+}
+
+fn status_word(state: &crate::queue::RecipientState) -> &'static str {
+    use crate::queue::RecipientState::*;
+    match state {
+        Delivered => "sent",
+        Deferred { .. } => "deferred",
+        Bounced => "bounced",
+        Expired => "expired",
+        Deleted => "deleted",
+    }
+}
+
+/// A next hop that could not be reached: until when its mail waits.
+#[derive(Debug, Default)]
+pub(super) struct HostHealth {
+    pub(super) failures: u32,
+    pub(super) until: Option<SystemTime>,
+    pub(super) last_error: String,
+}
+
+/// What the turn has decided beyond the inbound messages; committed with
+/// them, kept for the next turn if the commit fails.
+#[derive(Debug, Default)]
+pub(super) struct Turn {
+    pub(super) outcomes: Vec<crate::queue::Outcome>,
+    pub(super) hosts: Vec<crate::queue::HostUpdate>,
+    pub(super) hold_backs: Vec<crate::queue::HoldBack>,
+    pub(super) warned: Vec<String>,
+    /// Bounces and delay warnings we made.
+    pub(super) generated: Vec<Message>,
+}
+
+impl Turn {
+    pub(super) fn is_empty(&self) -> bool {
+        self.outcomes.is_empty()
+            && self.hosts.is_empty()
+            && self.hold_backs.is_empty()
+            && self.warned.is_empty()
+            && self.generated.is_empty()
+    }
+}

@@ -1,0 +1,185 @@
+//! An in-test SMTP server that accepts (or refuses, as scripted) and
+//! records every transaction exactly as it arrived: the next hop of the
+//! relay tests.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One transaction as the sink saw it.
+#[derive(Debug, Clone, Default)]
+pub struct Transaction {
+    pub helo: String,
+    /// The MAIL FROM argument, as sent (`<a@b> SIZE=12`).
+    pub mail_from: String,
+    /// Each RCPT TO argument that was accepted.
+    pub rcpt_to: Vec<String>,
+    /// The data as sent on the wire (dot-stuffed), without the final `.` line.
+    pub raw: Vec<u8>,
+    /// The data unstuffed: what the message is.
+    pub data: Vec<u8>,
+    /// Which connection (0, 1, ...) carried it.
+    pub connection: usize,
+}
+
+/// Decides the reply to RCPT (by its argument) and to the end of data (by
+/// how many transactions came before); `None` means the usual 250.
+pub type Script = Arc<dyn Fn(Stage, &str, usize) -> Option<String> + Send + Sync>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Rcpt,
+    EndOfData,
+}
+
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Transaction>>>,
+    pub connections: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Sink {
+    pub fn start() -> Sink {
+        Sink::start_with("127.0.0.1:0", Arc::new(|_, _, _| None))
+    }
+
+    pub fn start_with(addr: &str, script: Script) -> Sink {
+        let listener = TcpListener::bind(addr).expect("bind sink");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, c, s) = (received.clone(), connections.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let n = c.fetch_add(1, Ordering::SeqCst);
+                        let (r, script) = (r.clone(), script.clone());
+                        std::thread::spawn(move || serve(stream, n, r, script));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Sink {
+            addr,
+            received,
+            connections,
+            stop,
+        }
+    }
+
+    /// Waits (bounded) until `n` transactions have arrived; returns them all.
+    pub fn wait_for(&self, n: usize, limit: Duration) -> Vec<Transaction> {
+        let start = Instant::now();
+        loop {
+            let got = self.received.lock().unwrap().clone();
+            if got.len() >= n || start.elapsed() > limit {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(stream: TcpStream, connection: usize, received: Arc<Mutex<Vec<Transaction>>>, script: Script) {
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut out = stream.try_clone().unwrap();
+    let mut input = BufReader::new(stream);
+    let mut say = |line: &str| out.write_all(format!("{line}\r\n").as_bytes());
+    if say("220 sink.test ESMTP").is_err() {
+        return;
+    }
+    let mut helo = String::new();
+    let mut txn: Option<Transaction> = None;
+    loop {
+        let mut line = Vec::new();
+        if input.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        let upper = text.to_ascii_uppercase();
+        let reply = if upper.starts_with("EHLO") {
+            helo = text[4..].trim().to_string();
+            "250-sink.test\r\n250-PIPELINING\r\n250-SIZE 100000000\r\n250-8BITMIME\r\n250 SMTPUTF8".to_string()
+        } else if upper.starts_with("HELO") {
+            helo = text[4..].trim().to_string();
+            "250 sink.test".to_string()
+        } else if upper.starts_with("MAIL FROM:") {
+            txn = Some(Transaction {
+                helo: helo.clone(),
+                mail_from: text[10..].to_string(),
+                connection,
+                ..Transaction::default()
+            });
+            "250 2.1.0 Ok".to_string()
+        } else if upper.starts_with("RCPT TO:") {
+            let arg = text[8..].to_string();
+            match (script(Stage::Rcpt, &arg, 0), txn.as_mut()) {
+                (Some(reply), _) => reply,
+                (None, Some(t)) => {
+                    t.rcpt_to.push(arg);
+                    "250 2.1.5 Ok".to_string()
+                }
+                (None, None) => "503 5.5.1 need MAIL".to_string(),
+            }
+        } else if upper == "DATA" {
+            match txn.as_mut() {
+                Some(t) if !t.rcpt_to.is_empty() => {
+                    if say("354 go ahead").is_err() {
+                        return;
+                    }
+                    loop {
+                        let mut l = Vec::new();
+                        if input.read_until(b'\n', &mut l).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if l == b".\r\n" {
+                            break;
+                        }
+                        t.raw.extend_from_slice(&l);
+                        t.data.extend_from_slice(l.strip_prefix(b".").unwrap_or(&l));
+                    }
+                    let t = txn.take().unwrap();
+                    let before = received.lock().unwrap().len();
+                    match script(Stage::EndOfData, "", before) {
+                        Some(reply) => reply,
+                        None => {
+                            received.lock().unwrap().push(t);
+                            "250 2.0.0 Ok: queued".to_string()
+                        }
+                    }
+                }
+                _ => "554 5.5.1 no valid recipients".to_string(),
+            }
+        } else if upper == "RSET" {
+            txn = None;
+            "250 2.0.0 Ok".to_string()
+        } else if upper == "QUIT" {
+            let _ = say("221 2.0.0 Bye");
+            return;
+        } else if upper == "NOOP" {
+            "250 2.0.0 Ok".to_string()
+        } else {
+            "500 5.5.2 what?".to_string()
+        };
+        if say(&reply).is_err() {
+            return;
+        }
+    }
+}
