@@ -52,6 +52,12 @@ pub struct Original<'a> {
 /// per recipient), and a `text/rfc822-headers` part with the original
 /// header section. Every line is at most 998 octets (long diagnostics are
 /// folded or cut), and the text is 7-bit unless the original headers are not.
+///
+/// A report with any failed recipient is a bounce, else a delay warning.
+/// Diagnostics that are not SMTP replies get `Diagnostic-Code: X-Mailhop;`.
+/// Non-ASCII in the sender, mailboxes and diagnostics becomes `?` (no RFC
+/// 6533 `utf-8` address type); 8-bit original headers are kept and then
+/// the parts say `Content-Transfer-Encoding: 8bit`.
 pub fn report(
     hostname: &str,
     original: &Original<'_>,
