@@ -6,6 +6,8 @@ mod migrate;
 mod tests;
 #[cfg(test)]
 mod tests_delivery;
+#[cfg(test)]
+mod tests_upkeep;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
