@@ -6,8 +6,13 @@ use super::{sql, QueueError};
 
 /// Every `schema/NNNN_*.sql`, in order: entry `i` takes the database from
 /// version `i` to `i + 1`. Append only; never edit one that has shipped.
-pub(super) const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_init.sql", include_str!("../../schema/0001_init.sql"))];
+pub(super) const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init.sql", include_str!("../../schema/0001_init.sql")),
+    (
+        "0002_delivery.sql",
+        include_str!("../../schema/0002_delivery.sql"),
+    ),
+];
 
 /// Applies the missing migrations in one transaction, so a crash leaves the
 /// database at the old version or the new one, never between.

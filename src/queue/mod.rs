@@ -1,13 +1,18 @@
 //! The durable queue: the only module that speaks SQL (with `schema/`).
 
+mod delivery;
 mod migrate;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_delivery;
+#[cfg(test)]
+mod tests_upkeep;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, TransactionBehavior};
 
@@ -34,6 +39,10 @@ fn sql(what: &'static str) -> impl FnOnce(rusqlite::Error) -> QueueError {
 /// `mailhop queue ...`), so the wait must be short and bounded.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Room for every statement the loop runs (rusqlite's default is 16), so
+/// none is re-prepared per turn.
+const STATEMENT_CACHE: usize = 48;
+
 /// Pragmas set on every open, each with the value it must read back as.
 /// SQLite ignores unknown pragmas silently, so only the read-back proves them.
 const PRAGMAS: [(&str, &str, &str); 3] = [
@@ -42,11 +51,20 @@ const PRAGMAS: [(&str, &str, &str); 3] = [
     ("foreign_keys", "ON", "1"),
 ];
 
+/// The one time format of the queue: ISO 8601 UTC, text that sorts in
+/// time order (the schema's CHECKs hold hand-written updates to it).
+const TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%SZ";
+
 /// ISO 8601 UTC as stored in the queue; text that sorts in time order.
 pub fn iso8601(t: SystemTime) -> String {
-    DateTime::<Utc>::from(t)
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    DateTime::<Utc>::from(t).format(TIME_FORMAT).to_string()
+}
+
+/// Reads a stored time back; whole seconds, as stored.
+fn parse_time(text: &str) -> Result<SystemTime, QueueError> {
+    NaiveDateTime::parse_from_str(text, TIME_FORMAT)
+        .map(|t| t.and_utc().into())
+        .map_err(|e| QueueError(format!("queue: bad time {text:?}: {e}")))
 }
 
 pub struct Queue {
@@ -74,6 +92,7 @@ impl Queue {
             .map_err(|e| QueueError(format!("queue {}: cannot open: {e}", path.display())))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(sql("busy timeout"))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         set_pragmas(&conn, &PRAGMAS)?;
         migrate::apply(&mut conn)?;
         let requeued = requeue_active(&conn, SystemTime::now())?;
@@ -86,7 +105,10 @@ impl Queue {
     /// Stores every message of one loop turn in one transaction (one fsync).
     /// Either all are durable when this returns Ok, or none are.
     pub fn commit(&mut self, batch: &[&Message]) -> Result<(), QueueError> {
-        self.commit_messages(batch)
+        self.commit_turn(&Batch {
+            messages: batch.to_vec(),
+            ..Batch::default()
+        })
     }
 
     /// Everything one loop turn finished, in one transaction (one fsync):
@@ -94,12 +116,6 @@ impl Queue {
     /// delay warnings. Either all of it is durable when this returns Ok, or
     /// none of it is.
     pub fn commit_turn(&mut self, batch: &Batch<'_>) -> Result<(), QueueError> {
-        todo!("helper: extend the old commit to the whole batch")
-    }
-
-    /// Old body of commit, for the helper to fold into commit_turn (and
-    /// make `commit` a thin wrapper of it).
-    fn commit_messages(&mut self, batch: &[&Message]) -> Result<(), QueueError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -111,9 +127,10 @@ impl Queue {
             .map_err(sql("begin"))?;
         // On error, dropping `tx` rolls back (unless SQLite already has), so
         // the connection is ready for the next batch.
-        for message in batch {
+        for message in &batch.messages {
             insert(&tx, message)?;
         }
+        delivery::apply(&tx, batch)?;
         tx.commit().map_err(sql("commit"))
     }
 }
@@ -224,33 +241,6 @@ impl Batch<'_> {
             && self.hosts.is_empty()
             && self.hold_backs.is_empty()
             && self.warned.is_empty()
-    }
-}
-
-impl Queue {
-    /// Leases up to `limit` due recipients (`queued`/`deferred` with
-    /// `next_attempt <= now`, oldest first, through the due index): marks
-    /// them `active` (committed before returning) and groups them per
-    /// message and next hop. Recipients of held messages are never due.
-    pub fn lease_due(&mut self, now: SystemTime, limit: usize) -> Result<Vec<Lease>, QueueError> {
-        todo!()
-    }
-
-    /// The earliest `next_attempt` of any waiting recipient (index, no scan).
-    pub fn next_due(&self) -> Result<Option<SystemTime>, QueueError> {
-        todo!()
-    }
-
-    /// One message with its body, for delivery or a bounce.
-    pub fn message(&self, id: &str) -> Result<StoredMessage, QueueError> {
-        todo!()
-    }
-
-    /// Deletes final recipients finished before `before`, their attempt
-    /// history, and messages left without recipients; at most `limit` rows
-    /// per call so the loop is never blocked long. Returns rows deleted.
-    pub fn prune(&mut self, before: SystemTime, limit: usize) -> Result<usize, QueueError> {
-        todo!()
     }
 }
 

@@ -1,0 +1,62 @@
+-- 0002: the delivery half: attempt history, per-next-hop state, the delay
+-- warning flag, and the two views `attempts` and `hosts`. Same time format
+-- and CHECK style as 0001.
+
+-- Set once the delay warning for the message went out (one per message).
+ALTER TABLE messages ADD COLUMN warned INTEGER NOT NULL DEFAULT 0
+    CHECK (warned IN (0, 1));
+
+-- Every delivery attempt, appended in the same commit as its outcome. Not a
+-- foreign key to messages: history is pruned by time, on its own schedule.
+CREATE TABLE attempt_log (
+    id          INTEGER PRIMARY KEY,
+    message_id  TEXT NOT NULL,                -- queue ID
+    recipient   TEXT NOT NULL,                -- mailbox, user@domain
+    next_hop    TEXT NOT NULL,
+    host        TEXT NOT NULL,                -- address connected to, or 'local'
+    started_at  TEXT NOT NULL
+        CHECK (started_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]Z'),
+    finished_at TEXT NOT NULL
+        CHECK (finished_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]Z'),
+    reply       TEXT NOT NULL                 -- reply line or connection error
+);
+
+-- Pruning walks the history oldest first.
+CREATE INDEX attempt_log_finished ON attempt_log (finished_at);
+
+-- One row per next hop that has been tried. A failing hop holds back its
+-- own waiting recipients until next_retry.
+CREATE TABLE host_state (
+    next_hop   TEXT PRIMARY KEY NOT NULL,
+    state      TEXT NOT NULL DEFAULT 'up' CHECK (state IN ('up', 'failing')),
+    failures   INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0),
+    last_error TEXT,
+    next_retry TEXT
+        CHECK (next_retry IS NULL OR next_retry GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]Z')
+);
+
+-- Pending recipients per next hop: the `queued` count of `hosts` (covered,
+-- with status) and the hold-back of a failing hop. A query must repeat
+-- "status IN ('queued', 'deferred', 'active', 'held')" exactly to use it.
+CREATE INDEX recipients_pending_hop ON recipients (next_hop, status)
+    WHERE status IN ('queued', 'deferred', 'active', 'held');
+
+-- Final recipients oldest first, for pruning the history. Repeat
+-- "status IN ('delivered', 'bounced', 'expired', 'deleted')" exactly.
+CREATE INDEX recipients_finished ON recipients (finished_at)
+    WHERE status IN ('delivered', 'bounced', 'expired', 'deleted');
+
+-- Public, stable interface: every delivery attempt.
+CREATE VIEW attempts AS
+SELECT message_id AS id, recipient, next_hop, host, started_at, finished_at,
+       reply
+FROM attempt_log;
+
+-- Public, stable interface: one row per next hop that has been tried, with
+-- the number of recipients waiting for it.
+CREATE VIEW hosts AS
+SELECT h.next_hop, h.state, h.failures, h.last_error, h.next_retry,
+       (SELECT count(*) FROM recipients AS r
+        WHERE r.next_hop = h.next_hop
+          AND r.status IN ('queued', 'deferred', 'active', 'held')) AS queued
+FROM host_state AS h;
