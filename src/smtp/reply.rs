@@ -8,7 +8,7 @@ use memchr::memchr;
 /// RFC 5321 does not bound replies; these keep a hostile server from
 /// making us buffer without end.
 const MAX_LINES: usize = 100;
-const MAX_BYTES: usize = 64 * 1024;
+pub(super) const MAX_BYTES: usize = 64 * 1024;
 
 /// What a reply's first digit means for a transaction (DESIGN pattern 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
