@@ -509,7 +509,7 @@ impl Client {
             State::DataDone(mut txn) if self.out.is_empty() => {
                 if txn.abandoned() {
                     // The dot after a 354 nobody wanted: the reply is moot.
-                    return self.finish_failed(txn);
+                    return self.finish_failed(*txn);
                 }
                 if reply.class() == Class::Intermediate {
                     return self.failed(State::DataDone(txn), unexpected(&reply));
@@ -536,7 +536,7 @@ impl Client {
                     txn.mail_refused = true;
                     txn.decide_rest(&reply);
                     if !txn.pipelined {
-                        return self.finish_failed(txn);
+                        return self.finish_failed(*txn);
                     }
                 }
                 Class::Intermediate => {
@@ -560,7 +560,7 @@ impl Client {
                     } else if txn.accepted > 0 {
                         self.data(&mut txn);
                     } else {
-                        return self.finish_failed(txn);
+                        return self.finish_failed(*txn);
                     }
                 }
             }
@@ -576,13 +576,13 @@ impl Client {
             }
             Expect::Data => {
                 if txn.abandoned() {
-                    return self.finish_failed(txn);
+                    return self.finish_failed(*txn);
                 }
                 if !matches!(class, Class::Transient | Class::Permanent) {
                     return self.failed(State::Envelope(txn), unexpected(&reply));
                 }
                 txn.decide_rest(&reply);
-                return self.finish_failed(txn);
+                return self.finish_failed(*txn);
             }
         }
         self.set_state(State::Envelope(txn));
@@ -627,8 +627,8 @@ impl Client {
 
     /// Reports a transaction that ended before its data, then RSETs so the
     /// connection can carry the next one.
-    fn finish_failed(&mut self, txn: Box<Txn>) {
-        self.events.push_back(Event::Finished(final_replies(*txn)));
+    fn finish_failed(&mut self, txn: Txn) {
+        self.events.push_back(Event::Finished(final_replies(txn)));
         self.out.extend_from_slice(b"RSET\r\n");
         self.set_state(State::Rset);
     }
@@ -676,3 +676,6 @@ fn unexpected(reply: &Reply) -> Reply {
         &format!("unexpected reply from the next hop: {reply}"),
     )
 }
+
+#[cfg(test)]
+mod tests;
