@@ -328,17 +328,27 @@ impl Client {
     }
 
     /// Starts a transaction; only after `Event::Ready`.
+    ///
+    /// A `Ready` can be followed by a `Failed` already queued (a 421 in the
+    /// same read as the EHLO reply); a `send` acting on that stale `Ready`
+    /// gets a `Finished` with a local 451 for everyone.
     pub fn send(&mut self, transaction: Transaction) {
         let n = transaction.recipients.len();
-        let refusal = if !matches!(self.state, State::Ready) {
-            debug_assert!(false, "send in state {}", self.state.name());
-            Some(Reply::local(
+        let refusal = match self.state {
+            State::Ready => self.local_refusal(&transaction),
+            State::Closed => Some(Reply::local(
                 451,
-                "4.3.0",
-                "internal error: connection not ready",
-            ))
-        } else {
-            self.local_refusal(&transaction)
+                "4.4.2",
+                "connection to the next hop lost before the transaction",
+            )),
+            _ => {
+                debug_assert!(false, "send in state {}", self.state.name());
+                Some(Reply::local(
+                    451,
+                    "4.3.0",
+                    "internal error: connection not ready",
+                ))
+            }
         };
         if let Some(reply) = refusal {
             self.events.push_back(Event::Finished(vec![reply; n]));

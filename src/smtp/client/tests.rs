@@ -775,6 +775,31 @@ fn reply_421_mid_transaction() {
 }
 
 #[test]
+fn send_on_a_ready_that_went_stale() {
+    let t = txn(&["b@y.example"], BODY);
+    let steps = vec![
+        r(GREETING),
+        w(EHLO),
+        r("250 mx\r\n421 4.3.2 bye\r\n"),
+        Step::Waiting(None),
+    ];
+    // Only in one read: split, the MAIL would go out before the 421.
+    let mut driver = Driver::new(&[send(&t)], usize::MAX);
+    driver.play(&steps, Feed::Whole);
+    let events = driver.events;
+    let [Event::Ready, Event::Failed {
+        reply: bye,
+        recipients: None,
+    }, Event::Finished(got)] = events.as_slice()
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(bye.code, 421);
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].code, got[0].status()), (451, "4.4.2".into()));
+}
+
+#[test]
 fn garbage_and_unexpected_replies() {
     let t = txn(&["b@y.example", "c@y.example"], BODY);
     let steps = script(
