@@ -39,7 +39,8 @@ pub struct ReplyError(pub &'static str);
 
 impl Reply {
     /// A reply made up here (connection refused, timeout, DNS ...), so that
-    /// every outcome is recorded and classified the same way.
+    /// every outcome is recorded and classified the same way. An empty
+    /// `enhanced` means none.
     pub fn local(code: u16, enhanced: &str, text: &str) -> Reply {
         Reply {
             code,
