@@ -1,8 +1,26 @@
 //! The outbound SMTP session as a pure state machine: the event loop feeds
 //! it the server's bytes and writes what it outputs; it reports per-recipient
 //! replies. No socket, clock or SQL here.
+//!
+//! Order of events: `Ready` once greeted; after `send`, `Finished` and then
+//! `Ready` again (a transaction that failed before the data is followed by
+//! an RSET, and its `Ready` comes when the RSET is answered); after `quit`,
+//! `Closed`. `Failed` ends the session whenever it comes; the loop should
+//! still write what `output` holds (a QUIT after a 554 greeting) if it can,
+//! then close.
 
-use super::reply::Reply;
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::rc::Rc;
+
+use memchr::{memchr, memchr2};
+
+use super::reply::{self, Class, Reply, ReplyError};
+
+/// Below this much pending output the body is stuffed into it again ...
+const LOW_WATER: usize = 16 * 1024;
+/// ... up to about this much, so a large message is never copied whole.
+const HIGH_WATER: usize = 64 * 1024;
 
 /// One mail transaction to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +48,10 @@ pub enum Event {
     /// garbage, server closed). When a transaction was in flight, the reply
     /// for each of its recipients: what the server already said where that
     /// was final (a 5xx to RCPT), else the reply that ended the connection.
-    Failed { reply: Reply, recipients: Option<Vec<Reply>> },
+    Failed {
+        reply: Reply,
+        recipients: Option<Vec<Reply>>,
+    },
     /// QUIT answered (or not needed): close the socket.
     Closed,
 }
@@ -48,22 +69,248 @@ pub enum Wait {
     DataDone,
 }
 
+/// What the server offered in its EHLO reply (nothing after HELO).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Extensions {
+    pipelining: bool,
+    /// The SIZE limit; `Some(0)` when offered without one.
+    size: Option<u64>,
+    eight_bit_mime: bool,
+    smtputf8: bool,
+    /// Recorded for the TLS work to come; not acted on yet.
+    starttls: bool,
+}
+
+impl Extensions {
+    /// From the lines after the first (which greets, RFC 5321 4.1.1.1).
+    fn from_ehlo(reply: &Reply) -> Extensions {
+        let mut ext = Extensions::default();
+        for line in reply.lines.iter().skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            let Some(keyword) = words.next() else {
+                continue;
+            };
+            let is = |name: &str| keyword.eq_ignore_ascii_case(name);
+            if is("PIPELINING") {
+                ext.pipelining = true;
+            } else if is("SIZE") {
+                // A missing or unreadable number is no limit (RFC 1870: 0).
+                ext.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0));
+            } else if is("8BITMIME") {
+                ext.eight_bit_mime = true;
+            } else if is("SMTPUTF8") {
+                ext.smtputf8 = true;
+            } else if is("STARTTLS") {
+                ext.starttls = true;
+            }
+        }
+        ext
+    }
+}
+
+/// A reply the transaction still waits for, in the order of the commands
+/// (RFC 2920: pipelined replies come in order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Mail,
+    Rcpt(usize),
+    Data,
+}
+
+/// A transaction on the wire.
+#[derive(Debug)]
+struct Txn {
+    recipients: Vec<String>,
+    body: Rc<[u8]>,
+    /// The reply that decided each recipient, once one has. After all RCPT
+    /// replies are in, `None` means accepted.
+    replies: Vec<Option<Reply>>,
+    /// RCPTs answered 2xx.
+    accepted: usize,
+    mail_refused: bool,
+    pipelined: bool,
+    pending: VecDeque<Expect>,
+}
+
+impl Txn {
+    /// Nothing to deliver: DATA and whatever follows only need consuming.
+    fn abandoned(&self) -> bool {
+        self.mail_refused || self.accepted == 0
+    }
+
+    /// Recipients not yet decided get `reply`.
+    fn decide_rest(&mut self, reply: &Reply) {
+        for slot in self.replies.iter_mut().filter(|r| r.is_none()) {
+            *slot = Some(reply.clone());
+        }
+    }
+
+    /// Each recipient's final reply, `failure` for those without one.
+    fn outcome(&self, failure: &Reply) -> Vec<Reply> {
+        self.replies
+            .iter()
+            .map(|r| r.as_ref().unwrap_or(failure).clone())
+            .collect()
+    }
+}
+
+/// Where the body has got to on its way into the output: dot-stuffed, every
+/// CRLF, bare CR and bare LF written as CRLF. The whole body is in memory,
+/// so a CR at a chunk edge needs no state: the next byte is right there.
+#[derive(Debug, Default)]
+struct Stuffer {
+    pos: usize,
+    /// Nothing of the current line written yet (true at the start).
+    line_start: bool,
+    /// The final `.` CRLF is written.
+    done: bool,
+}
+
+impl Stuffer {
+    fn new() -> Stuffer {
+        Stuffer {
+            line_start: true,
+            ..Stuffer::default()
+        }
+    }
+
+    /// Appends to `out` until it holds about `limit` bytes or the body and
+    /// its end line are all written. Copies runs, never byte by byte.
+    fn fill(&mut self, body: &[u8], out: &mut Vec<u8>, limit: usize) {
+        while !self.done && out.len() < limit {
+            let rest = &body[self.pos..];
+            let Some(&first) = rest.first() else {
+                if !self.line_start {
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b".\r\n");
+                self.done = true;
+                return;
+            };
+            if self.line_start && first == b'.' {
+                out.push(b'.');
+            }
+            // Look no further than what fits, so a huge line costs no
+            // rescans.
+            let room = limit.saturating_sub(out.len()).clamp(1, rest.len());
+            match memchr2(b'\r', b'\n', &rest[..room]) {
+                Some(0) => {
+                    let len = if rest.starts_with(b"\r\n") { 2 } else { 1 };
+                    out.extend_from_slice(b"\r\n");
+                    self.pos += len;
+                    self.line_start = true;
+                }
+                found => {
+                    let run = found.unwrap_or(room);
+                    out.extend_from_slice(&rest[..run]);
+                    self.pos += run;
+                    self.line_start = false;
+                }
+            }
+        }
+    }
+}
+
+/// One enum, one transition function (`set_state`): DESIGN pattern 3.
+#[derive(Debug)]
+enum State {
+    /// Connected; the server speaks first.
+    Greeting,
+    Ehlo,
+    Helo,
+    /// Idle between transactions.
+    Ready,
+    /// MAIL, RCPT and DATA replies owed.
+    Envelope(Box<Txn>),
+    /// 354 came; the body is still going into the output.
+    Body(Box<Txn>, Stuffer),
+    /// The final dot is in the output; its reply is owed.
+    DataDone(Box<Txn>),
+    /// After a transaction that failed before its data.
+    Rset,
+    Quit,
+    Closed,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::Greeting => "greeting",
+            State::Ehlo => "ehlo",
+            State::Helo => "helo",
+            State::Ready => "ready",
+            State::Envelope(_) => "envelope",
+            State::Body(..) => "body",
+            State::DataDone(_) => "data-done",
+            State::Rset => "rset",
+            State::Quit => "quit",
+            State::Closed => "closed",
+        }
+    }
+
+    fn txn(&self) -> Option<&Txn> {
+        match self {
+            State::Envelope(txn) | State::Body(txn, _) | State::DataDone(txn) => Some(txn),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Client {
-    // private
+    helo_name: String,
+    state: State,
+    ext: Extensions,
+    out: Vec<u8>,
+    events: VecDeque<Event>,
+    /// Input left unconsumed by the last `receive`, known to hold no line
+    /// end: a reply trickling in is not parsed again for every byte.
+    held: usize,
 }
 
 impl Client {
     /// `helo_name`: our host name for EHLO/HELO. The session starts by
     /// waiting for the greeting.
     pub fn new(helo_name: &str) -> Client {
-        todo!()
+        Client {
+            helo_name: helo_name.to_string(),
+            state: State::Greeting,
+            ext: Extensions::default(),
+            out: Vec::new(),
+            events: VecDeque::new(),
+            held: 0,
+        }
     }
 
     /// Feeds bytes from the server; returns how many were consumed (the rest,
     /// an incomplete reply, must be fed again with more).
     pub fn receive(&mut self, input: &[u8]) -> usize {
-        todo!()
+        if matches!(self.state, State::Closed) {
+            self.held = 0;
+            return input.len();
+        }
+        let fresh = &input[self.held.min(input.len())..];
+        if memchr(b'\n', fresh).is_none() && input.len() < reply::MAX_BYTES {
+            self.held = input.len();
+            return 0;
+        }
+        let mut pos = 0;
+        while !matches!(self.state, State::Closed) {
+            match reply::parse(&input[pos..]) {
+                Ok(None) => break,
+                Ok(Some((reply, used))) => {
+                    pos += used;
+                    log::trace!("outbound: <- {reply}");
+                    self.on_reply(reply);
+                }
+                Err(err) => self.on_garbage(err),
+            }
+        }
+        if matches!(self.state, State::Closed) {
+            pos = input.len();
+        }
+        self.held = input.len() - pos;
+        pos
     }
 
     /// Bytes to write to the server; the caller drains what it wrote. While
@@ -71,33 +318,374 @@ impl Client {
     /// CR and LF turned into CRLF) in bounded pieces, so a large message is
     /// never copied whole.
     pub fn output(&mut self) -> &mut Vec<u8> {
-        todo!()
+        self.refill();
+        &mut self.out
     }
 
     /// The next thing to act on, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        todo!()
+        self.events.pop_front()
     }
 
     /// Starts a transaction; only after `Event::Ready`.
+    ///
+    /// A `Ready` can be followed by a `Failed` already queued (a 421 in the
+    /// same read as the EHLO reply); a `send` acting on that stale `Ready`
+    /// gets a `Finished` with a local 451 for everyone.
     pub fn send(&mut self, transaction: Transaction) {
-        todo!()
+        let n = transaction.recipients.len();
+        let refusal = match self.state {
+            State::Ready => self.local_refusal(&transaction),
+            State::Closed => Some(Reply::local(
+                451,
+                "4.4.2",
+                "connection to the next hop lost before the transaction",
+            )),
+            _ => {
+                debug_assert!(false, "send in state {}", self.state.name());
+                Some(Reply::local(
+                    451,
+                    "4.3.0",
+                    "internal error: connection not ready",
+                ))
+            }
+        };
+        if let Some(reply) = refusal {
+            self.events.push_back(Event::Finished(vec![reply; n]));
+            if matches!(self.state, State::Ready) {
+                self.events.push_back(Event::Ready);
+            }
+            return;
+        }
+
+        let t = transaction;
+        let ext = self.ext;
+        let _ = write!(self.out, "MAIL FROM:<{}>", t.reverse_path);
+        if ext.size.is_some() {
+            let _ = write!(self.out, " SIZE={}", t.body.len());
+        }
+        if t.eight_bit && ext.eight_bit_mime {
+            self.out.extend_from_slice(b" BODY=8BITMIME");
+        }
+        if t.smtputf8 {
+            self.out.extend_from_slice(b" SMTPUTF8");
+        }
+        self.out.extend_from_slice(b"\r\n");
+        let mut txn = Box::new(Txn {
+            replies: vec![None; n],
+            recipients: t.recipients,
+            body: t.body,
+            accepted: 0,
+            mail_refused: false,
+            pipelined: ext.pipelining,
+            pending: VecDeque::from([Expect::Mail]),
+        });
+        if txn.pipelined {
+            for i in 0..n {
+                self.rcpt(&mut txn, i);
+            }
+            self.data(&mut txn);
+        }
+        self.set_state(State::Envelope(txn));
     }
 
     /// Ends the session politely (QUIT), after `Event::Ready`.
     pub fn quit(&mut self) {
-        todo!()
+        match self.take_state() {
+            State::Ready => {
+                self.out.extend_from_slice(b"QUIT\r\n");
+                self.set_state(State::Quit);
+            }
+            State::Quit => self.set_state(State::Quit),
+            // Not between transactions (shutting down): no QUIT, but every
+            // recipient in flight is still accounted for.
+            other => {
+                if let Some(txn) = other.txn() {
+                    let reply = Reply::local(451, "4.3.2", "delivery abandoned");
+                    let recipients = Some(txn.outcome(&reply));
+                    self.events.push_back(Event::Failed { reply, recipients });
+                }
+                self.out.clear();
+                self.events.push_back(Event::Closed);
+                self.set_state(State::Closed);
+            }
+        }
     }
 
     /// The connection failed from outside (reset, EOF, timeout): like
     /// `Event::Failed`, returned directly; the session is over.
     pub fn fail(&mut self, reply: Reply) -> Option<Vec<Reply>> {
-        todo!()
+        self.out.clear();
+        let state = self.take_state();
+        if matches!(state, State::Quit) {
+            // The server hung up instead of answering QUIT: as good.
+            self.events.push_back(Event::Closed);
+        }
+        let recipients = state.txn().map(|txn| txn.outcome(&reply));
+        if !matches!(state, State::Closed) {
+            log::debug!("outbound: {} failed: {reply}", state.name());
+        }
+        self.set_state(State::Closed);
+        recipients
     }
 
     /// What we are waiting for, for the loop's timer; `None` when idle
     /// between transactions (the loop's connection cache decides) or closed.
     pub fn waiting(&self) -> Option<Wait> {
-        todo!()
+        match &self.state {
+            State::Greeting | State::Ehlo | State::Helo | State::Rset | State::Quit => {
+                Some(Wait::Command)
+            }
+            State::Envelope(txn) => match txn.pending.front() {
+                Some(Expect::Data) => Some(Wait::DataInit),
+                _ => Some(Wait::Command),
+            },
+            State::Body(..) => Some(Wait::DataBlock),
+            State::DataDone(_) if !self.out.is_empty() => Some(Wait::DataBlock),
+            State::DataDone(_) => Some(Wait::DataDone),
+            State::Ready | State::Closed => None,
+        }
+    }
+
+    /// Why a transaction cannot even start here.
+    fn local_refusal(&self, t: &Transaction) -> Option<Reply> {
+        let size = t.body.len() as u64;
+        if let Some(limit) = self.ext.size.filter(|&limit| limit != 0 && limit < size) {
+            let text =
+                format!("message size {size} exceeds the next hop's limit of {limit} octets");
+            return Some(Reply::local(552, "5.3.4", &text));
+        }
+        if t.smtputf8 && !self.ext.smtputf8 {
+            let text = "the message needs SMTPUTF8, which the next hop does not offer";
+            return Some(Reply::local(553, "5.6.7", text));
+        }
+        // The address parsers never let these through; a command line we
+        // write must not be split whatever we were given.
+        let breaks = |path: &String| memchr2(b'\r', b'\n', path.as_bytes()).is_some();
+        if breaks(&t.reverse_path) || t.recipients.iter().any(breaks) {
+            return Some(Reply::local(501, "5.1.3", "line break in an address"));
+        }
+        None
+    }
+
+    fn rcpt(&mut self, txn: &mut Txn, i: usize) {
+        let _ = write!(self.out, "RCPT TO:<{}>\r\n", txn.recipients[i]);
+        txn.pending.push_back(Expect::Rcpt(i));
+    }
+
+    fn data(&mut self, txn: &mut Txn) {
+        self.out.extend_from_slice(b"DATA\r\n");
+        txn.pending.push_back(Expect::Data);
+    }
+
+    fn on_reply(&mut self, reply: Reply) {
+        match self.take_state() {
+            State::Quit => {
+                self.events.push_back(Event::Closed);
+                self.set_state(State::Closed);
+            }
+            State::Closed => self.set_state(State::Closed),
+            state if reply.code == 421 => self.failed(state, reply),
+            State::Greeting => match reply.code {
+                220 => {
+                    let _ = write!(self.out, "EHLO {}\r\n", self.helo_name);
+                    self.set_state(State::Ehlo);
+                }
+                // RFC 5321 3.1: the client should send QUIT before closing.
+                554 => {
+                    self.out.extend_from_slice(b"QUIT\r\n");
+                    self.failed(State::Greeting, reply);
+                }
+                _ => self.failed(State::Greeting, refusal(reply)),
+            },
+            State::Ehlo => match reply.class() {
+                Class::Positive => {
+                    self.ext = Extensions::from_ehlo(&reply);
+                    self.ready();
+                }
+                Class::Permanent => {
+                    let _ = write!(self.out, "HELO {}\r\n", self.helo_name);
+                    self.set_state(State::Helo);
+                }
+                _ => self.failed(State::Ehlo, refusal(reply)),
+            },
+            State::Helo if reply.class() == Class::Positive => {
+                self.ext = Extensions::default();
+                self.ready();
+            }
+            State::Rset if reply.class() == Class::Positive => self.ready(),
+            state @ (State::Helo | State::Rset) => self.failed(state, refusal(reply)),
+            State::Envelope(txn) => self.envelope_reply(txn, reply),
+            State::DataDone(mut txn) if self.out.is_empty() => {
+                if txn.abandoned() {
+                    // The dot after a 354 nobody wanted: the reply is moot.
+                    return self.finish_failed(*txn);
+                }
+                if reply.class() == Class::Intermediate {
+                    return self.failed(State::DataDone(txn), unexpected(&reply));
+                }
+                txn.decide_rest(&reply);
+                self.events.push_back(Event::Finished(final_replies(*txn)));
+                self.ready();
+            }
+            // Idle, or still writing the data: nothing was asked.
+            state => self.failed(state, unexpected(&reply)),
+        }
+    }
+
+    fn envelope_reply(&mut self, mut txn: Box<Txn>, reply: Reply) {
+        let Some(expect) = txn.pending.pop_front() else {
+            return self.failed(State::Envelope(txn), unexpected(&reply));
+        };
+        let class = reply.class();
+        match expect {
+            Expect::Mail => match class {
+                Class::Positive if !txn.pipelined => self.rcpt(&mut txn, 0),
+                Class::Positive => {}
+                Class::Transient | Class::Permanent => {
+                    txn.mail_refused = true;
+                    txn.decide_rest(&reply);
+                    if !txn.pipelined {
+                        return self.finish_failed(*txn);
+                    }
+                }
+                Class::Intermediate => {
+                    return self.failed(State::Envelope(txn), unexpected(&reply))
+                }
+            },
+            Expect::Rcpt(i) => {
+                // After a refused MAIL, pipelined RCPT replies mean nothing.
+                if !txn.mail_refused {
+                    match class {
+                        Class::Positive => txn.accepted += 1,
+                        Class::Transient | Class::Permanent => txn.replies[i] = Some(reply),
+                        Class::Intermediate => {
+                            return self.failed(State::Envelope(txn), unexpected(&reply))
+                        }
+                    }
+                }
+                if !txn.pipelined {
+                    if i + 1 < txn.recipients.len() {
+                        self.rcpt(&mut txn, i + 1);
+                    } else if txn.accepted > 0 {
+                        self.data(&mut txn);
+                    } else {
+                        return self.finish_failed(*txn);
+                    }
+                }
+            }
+            Expect::Data if reply.code == 354 => {
+                if txn.abandoned() {
+                    // Only pipelined DATA can get here (a server that says
+                    // 354 with no recipients): end the empty message.
+                    self.out.extend_from_slice(b".\r\n");
+                    return self.set_state(State::DataDone(txn));
+                }
+                self.set_state(State::Body(txn, Stuffer::new()));
+                return self.refill();
+            }
+            Expect::Data => {
+                if txn.abandoned() {
+                    return self.finish_failed(*txn);
+                }
+                if !matches!(class, Class::Transient | Class::Permanent) {
+                    return self.failed(State::Envelope(txn), unexpected(&reply));
+                }
+                txn.decide_rest(&reply);
+                return self.finish_failed(*txn);
+            }
+        }
+        self.set_state(State::Envelope(txn));
+    }
+
+    fn on_garbage(&mut self, err: ReplyError) {
+        let reply = Reply::local(
+            451,
+            "4.5.0",
+            &format!("invalid reply from the next hop: {}", err.0),
+        );
+        match self.take_state() {
+            State::Quit => {
+                self.events.push_back(Event::Closed);
+                self.set_state(State::Closed);
+            }
+            state => self.failed(state, reply),
+        }
+    }
+
+    /// Tops up the output from the body; moves on once the dot is in.
+    fn refill(&mut self) {
+        let State::Body(txn, stuffer) = &mut self.state else {
+            return;
+        };
+        if self.out.len() >= LOW_WATER {
+            return;
+        }
+        stuffer.fill(&txn.body, &mut self.out, HIGH_WATER);
+        if stuffer.done {
+            let State::Body(txn, _) = self.take_state() else {
+                unreachable!("matched above")
+            };
+            self.set_state(State::DataDone(txn));
+        }
+    }
+
+    fn ready(&mut self) {
+        self.events.push_back(Event::Ready);
+        self.set_state(State::Ready);
+    }
+
+    /// Reports a transaction that ended before its data, then RSETs so the
+    /// connection can carry the next one.
+    fn finish_failed(&mut self, txn: Txn) {
+        self.events.push_back(Event::Finished(final_replies(txn)));
+        self.out.extend_from_slice(b"RSET\r\n");
+        self.set_state(State::Rset);
+    }
+
+    fn failed(&mut self, state: State, reply: Reply) {
+        log::debug!("outbound: {} failed: {reply}", state.name());
+        let recipients = state.txn().map(|txn| txn.outcome(&reply));
+        self.events.push_back(Event::Failed { reply, recipients });
+        self.set_state(State::Closed);
+    }
+
+    /// Leaves `Closed` in place; every caller sets the next state.
+    fn take_state(&mut self) -> State {
+        std::mem::replace(&mut self.state, State::Closed)
+    }
+
+    fn set_state(&mut self, next: State) {
+        log::trace!("outbound: -> {}", next.name());
+        self.state = next;
     }
 }
+
+/// Every recipient's reply once the transaction is over.
+fn final_replies(txn: Txn) -> Vec<Reply> {
+    txn.replies
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Reply::local(451, "4.3.0", "no reply recorded")))
+        .collect()
+}
+
+/// A refusal is passed on as it is; anything else where a refusal was
+/// the only alternative to success is a protocol error.
+fn refusal(reply: Reply) -> Reply {
+    match reply.class() {
+        Class::Transient | Class::Permanent => reply,
+        _ => unexpected(&reply),
+    }
+}
+
+/// Deferred, never bounced: a confused server is no proof the mail is bad.
+fn unexpected(reply: &Reply) -> Reply {
+    Reply::local(
+        451,
+        "4.5.0",
+        &format!("unexpected reply from the next hop: {reply}"),
+    )
+}
+
+#[cfg(test)]
+mod tests;
