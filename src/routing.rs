@@ -43,6 +43,9 @@ mod tests {
         assert_eq!(hop("[192.0.2.1]"), connect("192.0.2.1:25"));
         assert_eq!(hop("[2001:db8::1]"), connect("[2001:db8::1]:25"));
         assert_eq!(hop("example.org"), Hop::Lookup("example.org".into()));
-        assert_eq!(hop("relay.example:587"), Hop::Lookup("relay.example:587".into()));
+        assert_eq!(
+            hop("relay.example:587"),
+            Hop::Lookup("relay.example:587".into())
+        );
     }
 }

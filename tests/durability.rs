@@ -76,7 +76,9 @@ fn kill_9_during_load_loses_no_acknowledged_message() {
         ],
     );
     let db = open_queue(&restarted.queue_path());
-    let stored: HashSet<String> = rows(&db, "SELECT id FROM queue").into_iter().collect();
+    let stored: HashSet<String> = rows(&db, "SELECT id FROM queue UNION SELECT id FROM deliveries")
+        .into_iter()
+        .collect();
     let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(*id)).collect();
     assert!(
         lost.is_empty(),

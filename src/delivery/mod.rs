@@ -15,12 +15,21 @@ use crate::smtp::reply::{Class, Reply};
 /// its last slot repeating (RFC 5321 4.5.4.1).
 pub fn retry_delay(schedule: &[Duration], attempts: u32) -> Duration {
     let slot = (attempts.max(1) as usize - 1).min(schedule.len().saturating_sub(1));
-    schedule.get(slot).copied().unwrap_or(Duration::from_secs(300))
+    schedule
+        .get(slot)
+        .copied()
+        .unwrap_or(Duration::from_secs(300))
 }
 
 /// The reply class decides (DESIGN pattern 4): 2xx delivered, 5xx bounced,
 /// anything else retried, until the message outlives `max_lifetime`.
-pub fn state_after(reply: &Reply, attempts: u32, received_at: SystemTime, now: SystemTime, retry: &Retry) -> RecipientState {
+pub fn state_after(
+    reply: &Reply,
+    attempts: u32,
+    received_at: SystemTime,
+    now: SystemTime,
+    retry: &Retry,
+) -> RecipientState {
     match reply.class() {
         Class::Positive => RecipientState::Delivered,
         Class::Permanent => RecipientState::Bounced,
@@ -82,8 +91,12 @@ pub fn settle(
         match &state {
             RecipientState::Bounced => settled.failed.push(report(Action::Failed, reply.status())),
             // RFC 3463 4.4.7: delivery time expired.
-            RecipientState::Expired => settled.failed.push(report(Action::Failed, "4.4.7".to_string())),
-            RecipientState::Deferred { .. } => settled.delayed.push(report(Action::Delayed, reply.status())),
+            RecipientState::Expired => settled
+                .failed
+                .push(report(Action::Failed, "4.4.7".to_string())),
+            RecipientState::Deferred { .. } => settled
+                .delayed
+                .push(report(Action::Delayed, reply.status())),
             RecipientState::Delivered | RecipientState::Deleted => {}
         }
         settled.outcomes.push(Outcome {
@@ -152,15 +165,30 @@ mod tests {
             Reply::local(451, "4.3.0", "later"),
             Reply::local(550, "5.1.1", "no such user"),
         ];
-        let attempt = Attempt { host: "127.0.0.1:25".into(), started_at: t0, finished_at: t0 };
+        let attempt = Attempt {
+            host: "127.0.0.1:25".into(),
+            started_at: t0,
+            finished_at: t0,
+        };
         let now = t0 + Duration::from_secs(10);
-        let settled = settle(&lease, &message, &replies, Some(&attempt), Some("127.0.0.1"), None, now, &retry());
+        let settled = settle(
+            &lease,
+            &message,
+            &replies,
+            Some(&attempt),
+            Some("127.0.0.1"),
+            None,
+            now,
+            &retry(),
+        );
         let states: Vec<_> = settled.outcomes.iter().map(|o| o.state.clone()).collect();
         assert_eq!(
             states,
             [
                 RecipientState::Delivered,
-                RecipientState::Deferred { next_attempt: now + Duration::from_secs(60) },
+                RecipientState::Deferred {
+                    next_attempt: now + Duration::from_secs(60)
+                },
                 RecipientState::Bounced
             ]
         );
@@ -169,8 +197,24 @@ mod tests {
         assert_eq!(settled.delayed.len(), 1);
         // Past the lifetime a transient failure expires with 4.4.7.
         let late = t0 + Duration::from_secs(7200);
-        let settled = settle(&lease, &message, &replies, Some(&attempt), None, None, late, &retry());
+        let settled = settle(
+            &lease,
+            &message,
+            &replies,
+            Some(&attempt),
+            None,
+            None,
+            late,
+            &retry(),
+        );
         assert_eq!(settled.outcomes[1].state, RecipientState::Expired);
-        assert_eq!(settled.failed.iter().map(|r| r.status.as_str()).collect::<Vec<_>>(), ["4.4.7", "5.1.1"]);
+        assert_eq!(
+            settled
+                .failed
+                .iter()
+                .map(|r| r.status.as_str())
+                .collect::<Vec<_>>(),
+            ["4.4.7", "5.1.1"]
+        );
     }
 }

@@ -291,7 +291,12 @@ impl Server {
         }
         // Idle outbound sessions say QUIT; busy ones are cut at exit and
         // their mail, still leased, is due again at the next start.
-        let idle: Vec<usize> = self.out.iter().filter(|(_, c)| c.idle).map(|(k, _)| k).collect();
+        let idle: Vec<usize> = self
+            .out
+            .iter()
+            .filter(|(_, c)| c.idle)
+            .map(|(k, _)| k)
+            .collect();
         for key in idle {
             self.out[key].idle = false;
             self.out_quit(key);
@@ -308,14 +313,24 @@ impl Server {
         let inbound = std::mem::take(&mut self.to_commit);
         let turn = std::mem::take(&mut self.turn);
         let batch = Batch {
-            messages: inbound.iter().map(|(_, m)| m).chain(&turn.generated).collect(),
+            messages: inbound
+                .iter()
+                .map(|(_, m)| m)
+                .chain(&turn.generated)
+                .collect(),
             outcomes: turn.outcomes,
             hosts: turn.hosts,
             hold_backs: turn.hold_backs,
             warned: turn.warned,
         };
         let result = self.queue.commit_turn(&batch);
-        let Batch { messages, outcomes, hosts, hold_backs, warned } = batch;
+        let Batch {
+            messages,
+            outcomes,
+            hosts,
+            hold_backs,
+            warned,
+        } = batch;
         drop(messages);
         match &result {
             Ok(()) => {

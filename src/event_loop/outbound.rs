@@ -51,12 +51,18 @@ impl Server {
     /// Hands waiting jobs of `hop` to idle connections, and opens new ones
     /// (within the limits) for the rest.
     pub(super) fn dispatch(&mut self, hop: &str) {
-        let Some(waiting) = self.jobs.get(hop).map(VecDeque::len) else { return };
+        let Some(waiting) = self.jobs.get(hop).map(VecDeque::len) else {
+            return;
+        };
         if waiting == 0 {
             return;
         }
         if let Some(until) = self.failing_until(hop) {
-            let jobs: Vec<Job> = self.jobs.get_mut(hop).map(|q| q.drain(..).collect()).unwrap_or_default();
+            let jobs: Vec<Job> = self
+                .jobs
+                .get_mut(hop)
+                .map(|q| q.drain(..).collect())
+                .unwrap_or_default();
             let reply = self.host_error(hop);
             for job in jobs {
                 self.settle_job(job, &[], reply.clone(), None, Some(until));
@@ -86,7 +92,9 @@ impl Server {
             .min(self.limits.out_per_host.saturating_sub(on_hop))
             .min(self.limits.out_total.saturating_sub(self.out.len()));
         while to_open > 0 {
-            let Some(addr) = self.jobs.get(hop).and_then(|q| q.front()).map(|j| j.addr) else { return };
+            let Some(addr) = self.jobs.get(hop).and_then(|q| q.front()).map(|j| j.addr) else {
+                return;
+            };
             self.open(hop, addr);
             to_open -= 1;
         }
@@ -96,9 +104,11 @@ impl Server {
         let entry = self.out.vacant_entry();
         let key = entry.key();
         let stream = TcpStream::connect(addr).and_then(|mut stream| {
-            self.poll
-                .registry()
-                .register(&mut stream, Token(OUT_BASE + key), Interest::READABLE | Interest::WRITABLE)?;
+            self.poll.registry().register(
+                &mut stream,
+                Token(OUT_BASE + key),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
             Ok(stream)
         });
         let stream = match stream {
@@ -128,7 +138,9 @@ impl Server {
     }
 
     pub(super) fn out_event(&mut self, key: usize, readable: bool, writable: bool) {
-        let Some(conn) = self.out.get_mut(key) else { return };
+        let Some(conn) = self.out.get_mut(key) else {
+            return;
+        };
         conn.readable |= readable;
         conn.writable |= writable;
         self.drive_out(key);
@@ -136,7 +148,9 @@ impl Server {
 
     /// Moves one outbound session as far as it goes now.
     pub(super) fn drive_out(&mut self, key: usize) {
-        let Some(conn) = self.out.get_mut(key) else { return };
+        let Some(conn) = self.out.get_mut(key) else {
+            return;
+        };
         if !conn.connected {
             if !(conn.readable || conn.writable) {
                 return;
@@ -157,7 +171,9 @@ impl Server {
             conn.connected = true;
         }
         loop {
-            let Some(conn) = self.out.get_mut(key) else { return };
+            let Some(conn) = self.out.get_mut(key) else {
+                return;
+            };
             if !conn.inbuf.is_empty() {
                 let used = conn.client.receive(&conn.inbuf);
                 conn.inbuf.drain(..used);
@@ -167,7 +183,9 @@ impl Server {
                 acted = true;
                 self.client_event(key, event);
             }
-            let Some(conn) = self.out.get_mut(key) else { return };
+            let Some(conn) = self.out.get_mut(key) else {
+                return;
+            };
             let mut progressed = acted;
             while conn.writable {
                 let out = conn.client.output();
@@ -180,7 +198,11 @@ impl Server {
                         progressed = true;
                     }
                     Err(e) => {
-                        let reply = Reply::local(451, "4.4.2", &format!("lost connection with {}: {e}", conn.addr));
+                        let reply = Reply::local(
+                            451,
+                            "4.4.2",
+                            &format!("lost connection with {}: {e}", conn.addr),
+                        );
                         return self.out_failed(key, reply);
                     }
                 }
@@ -193,12 +215,14 @@ impl Server {
             }
             match conn.stream.read(&mut self.scratch) {
                 Ok(0) => {
-                    let reply = Reply::local(451, "4.4.2", &format!("connection closed by {}", conn.addr));
+                    let reply =
+                        Reply::local(451, "4.4.2", &format!("connection closed by {}", conn.addr));
                     return self.out_failed(key, reply);
                 }
                 Ok(n) => {
                     if conn.inbuf.len() + n > MAX_REPLY_BUFFER {
-                        let reply = Reply::local(451, "4.5.0", &format!("{} talks without end", conn.addr));
+                        let reply =
+                            Reply::local(451, "4.5.0", &format!("{} talks without end", conn.addr));
                         return self.out_failed(key, reply);
                     }
                     conn.inbuf.extend_from_slice(&self.scratch[..n]);
@@ -206,7 +230,11 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let reply = Reply::local(451, "4.4.2", &format!("lost connection with {}: {e}", conn.addr));
+                    let reply = Reply::local(
+                        451,
+                        "4.4.2",
+                        &format!("lost connection with {}: {e}", conn.addr),
+                    );
                     return self.out_failed(key, reply);
                 }
             }
@@ -215,7 +243,9 @@ impl Server {
     }
 
     fn set_out_deadline(&mut self, key: usize) {
-        let Some(conn) = self.out.get_mut(key) else { return };
+        let Some(conn) = self.out.get_mut(key) else {
+            return;
+        };
         let t = &self.timeouts;
         let wait = if conn.idle {
             IDLE_KEEP
@@ -250,7 +280,13 @@ impl Server {
                 let conn = &mut self.out[key];
                 if let Some(job) = conn.job.take() {
                     let remote = conn.addr.to_string();
-                    self.settle_job(job, &replies, Reply::local(451, "4.4.0", "no reply"), Some(&remote), None);
+                    self.settle_job(
+                        job,
+                        &replies,
+                        Reply::local(451, "4.4.0", "no reply"),
+                        Some(&remote),
+                        None,
+                    );
                 }
             }
             Event::Failed { reply, recipients } => {
@@ -282,7 +318,11 @@ impl Server {
         match job {
             Some(mut job) => {
                 job.started_at = self.wall;
-                conn.client.send(transaction(&job, &self.settings.hostname, self.honor_routes));
+                conn.client.send(transaction(
+                    &job,
+                    &self.settings.hostname,
+                    self.honor_routes,
+                ));
                 conn.job = Some(job);
                 conn.idle = false;
             }
@@ -293,11 +333,19 @@ impl Server {
 
     /// The connection broke (EOF, reset, timeout) outside the protocol.
     pub(super) fn out_failed(&mut self, key: usize, reply: Reply) {
-        let Some(conn) = self.out.get_mut(key) else { return };
+        let Some(conn) = self.out.get_mut(key) else {
+            return;
+        };
         let recipients = conn.client.fail(reply.clone());
         let (hop, addr, greeted) = (conn.hop.clone(), conn.addr, conn.greeted);
         if let Some(job) = conn.job.take() {
-            self.settle_job(job, &recipients.unwrap_or_default(), reply.clone(), Some(&addr.to_string()), None);
+            self.settle_job(
+                job,
+                &recipients.unwrap_or_default(),
+                reply.clone(),
+                Some(&addr.to_string()),
+                None,
+            );
         }
         self.close_out(key);
         if !greeted {
@@ -330,11 +378,16 @@ impl Server {
         // Parallel connections failing together are one failure.
         if health.until.is_none_or(|until| until <= now) {
             health.failures += 1;
-            health.until = Some(now + crate::delivery::retry_delay(&self.retry.schedule, health.failures));
+            health.until =
+                Some(now + crate::delivery::retry_delay(&self.retry.schedule, health.failures));
         }
         let until = health.until.unwrap_or(now);
         health.last_error = reply.to_string();
-        warn!("{hop} [{addr}] is failing ({}), holding its mail until {}", health.last_error, crate::queue::iso8601(until));
+        warn!(
+            "{hop} [{addr}] is failing ({}), holding its mail until {}",
+            health.last_error,
+            crate::queue::iso8601(until)
+        );
         self.turn.hosts.push(crate::queue::HostUpdate {
             next_hop: hop.to_string(),
             up: false,
@@ -347,10 +400,20 @@ impl Server {
             until,
             reply: health.last_error.clone(),
         });
-        let waiting: Vec<Job> = self.jobs.get_mut(hop).map(|q| q.drain(..).collect()).unwrap_or_default();
+        let waiting: Vec<Job> = self
+            .jobs
+            .get_mut(hop)
+            .map(|q| q.drain(..).collect())
+            .unwrap_or_default();
         for job in waiting {
             // They waited on this connection: it was their attempt too.
-            self.settle_job(job, &[], reply.clone(), Some(&addr.to_string()), Some(until));
+            self.settle_job(
+                job,
+                &[],
+                reply.clone(),
+                Some(&addr.to_string()),
+                Some(until),
+            );
         }
     }
 
@@ -388,7 +451,9 @@ impl Server {
                 break;
             }
             self.out_deadlines.pop_first();
-            let Some(conn) = self.out.get_mut(key) else { continue };
+            let Some(conn) = self.out.get_mut(key) else {
+                continue;
+            };
             if conn.deadline != when {
                 continue;
             }
@@ -397,8 +462,16 @@ impl Server {
                 self.out_quit(key);
                 continue;
             }
-            let what = if conn.connected { "a reply" } else { "the connection" };
-            let reply = Reply::local(451, "4.4.2", &format!("timeout waiting for {what} from {}", conn.addr));
+            let what = if conn.connected {
+                "a reply"
+            } else {
+                "the connection"
+            };
+            let reply = Reply::local(
+                451,
+                "4.4.2",
+                &format!("timeout waiting for {what} from {}", conn.addr),
+            );
             self.out_failed(key, reply);
         }
     }
@@ -412,9 +485,17 @@ const MAX_REPLY_BUFFER: usize = 128 * 1024;
 /// (RFC 821 3.1 / SPEC section 6).
 fn transaction(job: &Job, hostname: &str, honor_routes: bool) -> Transaction {
     let message = &job.message;
-    let routed = job.lease.recipients.iter().any(|r| r.forward_path != r.mailbox);
+    let routed = job
+        .lease
+        .recipients
+        .iter()
+        .any(|r| r.forward_path != r.mailbox);
     let reverse_path = if honor_routes && routed && !message.reverse_path.is_empty() {
-        match message.reverse_path.split_once(':').filter(|_| message.reverse_path.starts_with('@')) {
+        match message
+            .reverse_path
+            .split_once(':')
+            .filter(|_| message.reverse_path.starts_with('@'))
+        {
             Some((route, mailbox)) => format!("@{hostname},{route}:{mailbox}"),
             None => format!("@{hostname}:{}", message.reverse_path),
         }
@@ -423,7 +504,12 @@ fn transaction(job: &Job, hostname: &str, honor_routes: bool) -> Transaction {
     };
     Transaction {
         reverse_path,
-        recipients: job.lease.recipients.iter().map(|r| r.forward_path.clone()).collect(),
+        recipients: job
+            .lease
+            .recipients
+            .iter()
+            .map(|r| r.forward_path.clone())
+            .collect(),
         body: job.body.clone(),
         eight_bit: message.eight_bit,
         smtputf8: message.smtputf8,

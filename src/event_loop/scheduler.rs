@@ -2,7 +2,6 @@
 //! connection, and turn replies into outcomes, bounces and delay warnings
 //! for the turn's commit.
 
-use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
@@ -67,13 +66,20 @@ impl Server {
                     None
                 }
             };
-            let wait = due.map_or(SCAN_EVERY, |t| t.duration_since(self.wall).unwrap_or_default().min(SCAN_EVERY));
+            let wait = due.map_or(SCAN_EVERY, |t| {
+                t.duration_since(self.wall)
+                    .unwrap_or_default()
+                    .min(SCAN_EVERY)
+            });
             // Stored times have whole seconds: never spin inside one.
             self.now + wait.max(Duration::from_millis(200))
         };
         if self.now >= self.next_prune {
             self.next_prune = self.now + PRUNE_EVERY;
-            let before = self.wall.checked_sub(self.retry.history_retention).unwrap_or(SystemTime::UNIX_EPOCH);
+            let before = self
+                .wall
+                .checked_sub(self.retry.history_retention)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
             match self.queue.prune(before, PRUNE_ROWS) {
                 Ok(0) => {}
                 Ok(n) => info!("pruned {n} rows of history"),
@@ -88,7 +94,10 @@ impl Server {
         let mut message = match self.queue.message(&lease.message_id) {
             Ok(message) => message,
             Err(e) => {
-                error!("{}: cannot load: {e}; left active until restart", lease.message_id);
+                error!(
+                    "{}: cannot load: {e}; left active until restart",
+                    lease.message_id
+                );
                 return None;
             }
         };
@@ -108,7 +117,11 @@ impl Server {
             }
             Hop::Lookup(name) => {
                 // Until the resolver lands, names wait (and say why).
-                let reply = Reply::local(451, "4.4.3", &format!("cannot resolve {name}: DNS lookups are not supported yet"));
+                let reply = Reply::local(
+                    451,
+                    "4.4.3",
+                    &format!("cannot resolve {name}: DNS lookups are not supported yet"),
+                );
                 let attempt_reply = reply.clone();
                 self.settle_job(job, &[], attempt_reply, None, None);
                 None
@@ -116,7 +129,7 @@ impl Server {
             Hop::Connect(addr) => {
                 job.addr = addr;
                 let hop = job.lease.next_hop.clone();
-                self.jobs.entry(hop.clone()).or_insert_with(VecDeque::new).push_back(job);
+                self.jobs.entry(hop.clone()).or_default().push_back(job);
                 Some(hop)
             }
         }
@@ -125,9 +138,16 @@ impl Server {
     fn deliver_locally(&mut self, job: Job) {
         let mut replies = Vec::with_capacity(job.lease.recipients.len());
         for recipient in &job.lease.recipients {
-            let local = recipient.mailbox.rsplit_once('@').map_or(recipient.mailbox.as_str(), |(l, _)| l);
+            let local = recipient
+                .mailbox
+                .rsplit_once('@')
+                .map_or(recipient.mailbox.as_str(), |(l, _)| l);
             let reply = if !self.settings.policy.is_local_user(local) {
-                Reply::local(550, "5.1.1", &format!("<{}>: no such user here", recipient.mailbox))
+                Reply::local(
+                    550,
+                    "5.1.1",
+                    &format!("<{}>: no such user here", recipient.mailbox),
+                )
             } else {
                 let user = local_user_name(local);
                 match maildir::deliver(
@@ -145,7 +165,13 @@ impl Server {
             };
             replies.push(reply);
         }
-        self.settle_job(job, &replies, Reply::local(451, "4.3.0", "not delivered"), Some("local"), None);
+        self.settle_job(
+            job,
+            &replies,
+            Reply::local(451, "4.3.0", "not delivered"),
+            Some("local"),
+            None,
+        );
     }
 
     /// Records what happened to a job's recipients: `replies` in recipient
@@ -204,7 +230,11 @@ impl Server {
             self.send_report(job, &settled.failed);
         }
         let warning = self.retry.delay_warning;
-        let late = self.wall.duration_since(message.received_at).unwrap_or_default() >= warning;
+        let late = self
+            .wall
+            .duration_since(message.received_at)
+            .unwrap_or_default()
+            >= warning;
         if !settled.delayed.is_empty()
             && !warning.is_zero()
             && late
@@ -227,7 +257,10 @@ impl Server {
             }
         };
         let Ok(recipient) = recipient else {
-            warn!("{}: no report: sender {path} is an unknown local user", message.id);
+            warn!(
+                "{}: no report: sender {path} is an unknown local user",
+                message.id
+            );
             return;
         };
         let original = Original {
@@ -238,8 +271,15 @@ impl Server {
         };
         let body = bounce::report(&self.settings.hostname, &original, recipients, self.wall);
         let id = self.ids.next(self.wall);
-        let kind = if recipients.iter().any(|r| r.action == Action::Failed) { "bounce" } else { "delay warning" };
-        info!("{}: {kind} to <{}> queued as {id}", message.id, message.sender);
+        let kind = if recipients.iter().any(|r| r.action == Action::Failed) {
+            "bounce"
+        } else {
+            "delay warning"
+        };
+        info!(
+            "{}: {kind} to <{}> queued as {id}",
+            message.id, message.sender
+        );
         self.turn.generated.push(Message {
             id,
             sender: String::new(),
@@ -255,12 +295,22 @@ impl Server {
     }
 
     pub(super) fn failing_until(&self, hop: &str) -> Option<SystemTime> {
-        self.hosts.get(hop).and_then(|h| h.until).filter(|until| *until > self.wall)
+        self.hosts
+            .get(hop)
+            .and_then(|h| h.until)
+            .filter(|until| *until > self.wall)
     }
 
     pub(super) fn host_error(&self, hop: &str) -> Reply {
-        let text = self.hosts.get(hop).map_or("next hop is failing", |h| h.last_error.as_str());
-        Reply::local(451, "4.4.1", &format!("held back, {hop} is failing: {text}"))
+        let text = self
+            .hosts
+            .get(hop)
+            .map_or("next hop is failing", |h| h.last_error.as_str());
+        Reply::local(
+            451,
+            "4.4.1",
+            &format!("held back, {hop} is failing: {text}"),
+        )
     }
 }
 

@@ -2,8 +2,8 @@
 //! give replies and actions. Nothing here touches a socket, a clock or SQL.
 
 pub mod address;
-pub mod command;
 pub mod client;
+pub mod command;
 pub mod data;
 pub mod reply;
 pub mod server;

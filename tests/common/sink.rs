@@ -97,8 +97,15 @@ impl Drop for Sink {
     }
 }
 
-fn serve(stream: TcpStream, connection: usize, received: Arc<Mutex<Vec<Transaction>>>, script: Script) {
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+fn serve(
+    stream: TcpStream,
+    connection: usize,
+    received: Arc<Mutex<Vec<Transaction>>>,
+    script: Script,
+) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut out = stream.try_clone().unwrap();
     let mut input = BufReader::new(stream);
     let mut say = |line: &str| out.write_all(format!("{line}\r\n").as_bytes());
@@ -116,7 +123,8 @@ fn serve(stream: TcpStream, connection: usize, received: Arc<Mutex<Vec<Transacti
         let upper = text.to_ascii_uppercase();
         let reply = if upper.starts_with("EHLO") {
             helo = text[4..].trim().to_string();
-            "250-sink.test\r\n250-PIPELINING\r\n250-SIZE 100000000\r\n250-8BITMIME\r\n250 SMTPUTF8".to_string()
+            "250-sink.test\r\n250-PIPELINING\r\n250-SIZE 100000000\r\n250-8BITMIME\r\n250 SMTPUTF8"
+                .to_string()
         } else if upper.starts_with("HELO") {
             helo = text[4..].trim().to_string();
             "250 sink.test".to_string()
