@@ -13,6 +13,7 @@ pub mod bounce;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dns;
 pub mod event_loop;
 pub mod message;
 pub mod policy;
