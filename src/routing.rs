@@ -4,14 +4,19 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::{parse_route, RouteTarget};
+use crate::dns::Target;
 use crate::policy::LOCAL;
+
+/// The SMTP port of MX hosts (RFC 5321 4.5.4.2 / 5.1).
+pub const SMTP_PORT: u16 = 25;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hop {
     Local,
     Connect(SocketAddr),
-    /// A host name (`host:port`, A/AAAA) or a domain (MX): needs a resolver.
-    Lookup(String),
+    /// A host name (`host:port`: A/AAAA) or a domain (MX): the resolver
+    /// finds the addresses, to be used with this port.
+    Resolve(Target, u16),
 }
 
 /// `next_hop` as stored by the policy: `local`, a `[routes]` target as
@@ -24,9 +29,11 @@ pub fn hop(next_hop: &str) -> Hop {
     match parse_route(next_hop) {
         Ok(RouteTarget::HostPort { host, port }) => match host.parse::<IpAddr>() {
             Ok(ip) => Hop::Connect(SocketAddr::new(ip, port)),
-            Err(_) => Hop::Lookup(next_hop.to_string()),
+            Err(_) => Hop::Resolve(Target::Host(host), port),
         },
-        _ => Hop::Lookup(next_hop.to_string()),
+        Ok(RouteTarget::Mx(domain)) => Hop::Resolve(Target::Mx(domain), SMTP_PORT),
+        // Not a plain host name (UTF-8 labels, say): let DNS say no.
+        Err(_) => Hop::Resolve(Target::Mx(next_hop.to_lowercase()), SMTP_PORT),
     }
 }
 

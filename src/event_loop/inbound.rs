@@ -15,7 +15,7 @@ use log::debug;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{write_out, Server, OUT_BASE};
+use super::{write_out, Server, DNS_BASE};
 use crate::smtp::server::{Env, Session};
 
 /// Input a session may hold unconsumed: a partial command line is at most
@@ -86,7 +86,7 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let entry = self.conns.vacant_entry();
             let key = entry.key();
-            if key >= OUT_BASE
+            if key >= DNS_BASE
                 || self
                     .poll
                     .registry()

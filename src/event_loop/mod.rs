@@ -2,6 +2,7 @@
 //! sessions in a `Slab`, the deadlines that set the poll timeout, the group
 //! commit at the end of each turn, and the shutdown drain.
 
+mod dns;
 mod inbound;
 mod outbound;
 mod scheduler;
@@ -32,9 +33,11 @@ const LISTEN_BACKLOG: i32 = 1024;
 const WAKER: Token = Token(usize::MAX - 1);
 /// Listener `i` has token `LISTENER_BASE + i`.
 const LISTENER_BASE: usize = usize::MAX - 1 - 1024;
-/// Outbound session `k` has token `OUT_BASE + k`; inbound sessions are slab
-/// keys below it.
+/// Outbound session `k` has token `OUT_BASE + k`.
 const OUT_BASE: usize = 1 << 30;
+/// DNS socket `k` has token `DNS_BASE + k`; inbound sessions are slab keys
+/// below it.
+const DNS_BASE: usize = 1 << 29;
 /// How long sessions inside DATA may go on after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Back-off after accept fails for want of file descriptors.
@@ -102,6 +105,13 @@ pub struct Server {
     // The outbound side.
     out: Slab<OutConn>,
     out_deadlines: BTreeSet<Deadline>,
+    resolver: crate::dns::Resolver,
+    dns_sockets: Slab<dns::DnsSocket>,
+    dns_by_query: HashMap<u64, usize>,
+    /// Jobs waiting for a lookup, with the port their hop uses.
+    resolving: HashMap<crate::dns::Target, Vec<(Job, u16)>>,
+    /// Where each next hop's connections go.
+    destinations: HashMap<String, outbound::Destination>,
     /// Leased jobs waiting for a connection, per next hop.
     jobs: HashMap<String, std::collections::VecDeque<Job>>,
     jobs_in_memory: usize,
@@ -146,6 +156,8 @@ impl Server {
             mio_listeners.push(listener);
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let local_addrs: Vec<SocketAddr> =
+            mio_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
         Ok(Server {
             poll,
             listeners: mio_listeners,
@@ -169,6 +181,15 @@ impl Server {
             wall: SystemTime::now(),
             out: Slab::new(),
             out_deadlines: BTreeSet::new(),
+            resolver: crate::dns::Resolver::new(
+                config.dns_servers.clone(),
+                vec![config.hostname.to_lowercase()],
+                local_addrs.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()).collect(),
+            ),
+            dns_sockets: Slab::new(),
+            dns_by_query: HashMap::new(),
+            resolving: HashMap::new(),
+            destinations: HashMap::new(),
             jobs: HashMap::new(),
             jobs_in_memory: 0,
             hosts: HashMap::new(),
@@ -222,11 +243,12 @@ impl Server {
                 match event.token() {
                     WAKER => self.check_signals(),
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
-                    Token(t) if t >= OUT_BASE => self.out_event(
+                    Token(t) if t >= OUT_BASE && t < LISTENER_BASE => self.out_event(
                         t - OUT_BASE,
                         event.is_readable() || event.is_read_closed() || event.is_error(),
                         event.is_writable() || event.is_write_closed() || event.is_error(),
                     ),
+                    Token(t) if t >= DNS_BASE && t < OUT_BASE => self.dns_event(t - DNS_BASE),
                     // Hang-ups and errors surface through the next read.
                     Token(key) => self.conn_event(
                         key,
@@ -238,6 +260,7 @@ impl Server {
             self.run_runnable();
             self.fire_deadlines();
             self.fire_out_deadlines();
+            self.dns_flush();
             if self.accept_paused_until.is_some_and(|t| t <= self.now) {
                 self.accept_paused_until = None;
                 for i in 0..self.listeners.len() {
@@ -265,6 +288,7 @@ impl Server {
         let next = [
             self.deadlines.first().map(|d| d.0),
             self.out_deadlines.first().map(|d| d.0),
+            self.resolver.next_timeout(),
             self.shutdown,
             self.accept_paused_until,
             scan,

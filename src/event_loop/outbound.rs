@@ -27,8 +27,31 @@ pub(super) struct Job {
     pub(super) message: Rc<StoredMessage>,
     /// Shared with the client machine while it sends, never copied.
     pub(super) body: Rc<[u8]>,
-    pub(super) addr: SocketAddr,
     pub(super) started_at: SystemTime,
+}
+
+/// Where a next hop's connections go: its hosts in the order to try them
+/// (MX preference), and the one in use. A failed connection or greeting
+/// moves on to the next host; when all have failed the hop is failing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Destination {
+    /// `(label, address)`; the label is what the history records:
+    /// `mx1.example.org[192.0.2.1]:25`, or the address alone.
+    pub(super) hosts: Vec<(String, SocketAddr)>,
+    pub(super) current: usize,
+}
+
+impl Destination {
+    pub(super) fn single(addr: SocketAddr) -> Destination {
+        Destination {
+            hosts: vec![(addr.to_string(), addr)],
+            current: 0,
+        }
+    }
+
+    fn host(&self) -> Option<&(String, SocketAddr)> {
+        self.hosts.get(self.current)
+    }
 }
 
 pub(super) struct OutConn {
@@ -36,6 +59,8 @@ pub(super) struct OutConn {
     client: Client,
     pub(super) hop: String,
     addr: SocketAddr,
+    /// The host as the history shows it (see `Destination::hosts`).
+    label: String,
     connected: bool,
     /// Greeting and EHLO went through: the host is up.
     greeted: bool,
@@ -92,15 +117,16 @@ impl Server {
             .min(self.limits.out_per_host.saturating_sub(on_hop))
             .min(self.limits.out_total.saturating_sub(self.out.len()));
         while to_open > 0 {
-            let Some(addr) = self.jobs.get(hop).and_then(|q| q.front()).map(|j| j.addr) else {
+            let Some((label, addr)) = self.destinations.get(hop).and_then(|d| d.host()).cloned()
+            else {
                 return;
             };
-            self.open(hop, addr);
+            self.open(hop, label, addr);
             to_open -= 1;
         }
     }
 
-    fn open(&mut self, hop: &str, addr: SocketAddr) {
+    fn open(&mut self, hop: &str, label: String, addr: SocketAddr) {
         let entry = self.out.vacant_entry();
         let key = entry.key();
         let stream = TcpStream::connect(addr).and_then(|mut stream| {
@@ -124,6 +150,7 @@ impl Server {
             client: Client::new(&self.settings.hostname),
             hop: hop.to_string(),
             addr,
+            label,
             connected: false,
             greeted: false,
             inbuf: Vec::new(),
@@ -279,7 +306,7 @@ impl Server {
             Event::Finished(replies) => {
                 let conn = &mut self.out[key];
                 if let Some(job) = conn.job.take() {
-                    let remote = conn.addr.to_string();
+                    let remote = conn.label.clone();
                     self.settle_job(
                         job,
                         &replies,
@@ -292,10 +319,10 @@ impl Server {
             Event::Failed { reply, recipients } => {
                 let conn = &mut self.out[key];
                 let greeted = conn.greeted;
-                let (hop, addr) = (conn.hop.clone(), conn.addr);
+                let (hop, addr, label) = (conn.hop.clone(), conn.addr, conn.label.clone());
                 if let Some(job) = conn.job.take() {
                     let replies = recipients.unwrap_or_default();
-                    self.settle_job(job, &replies, reply.clone(), Some(&addr.to_string()), None);
+                    self.settle_job(job, &replies, reply.clone(), Some(&label), None);
                 }
                 self.close_out(key);
                 if !greeted {
@@ -337,13 +364,14 @@ impl Server {
             return;
         };
         let recipients = conn.client.fail(reply.clone());
-        let (hop, addr, greeted) = (conn.hop.clone(), conn.addr, conn.greeted);
+        let (hop, addr, greeted, label) =
+            (conn.hop.clone(), conn.addr, conn.greeted, conn.label.clone());
         if let Some(job) = conn.job.take() {
             self.settle_job(
                 job,
                 &recipients.unwrap_or_default(),
                 reply.clone(),
-                Some(&addr.to_string()),
+                Some(&label),
                 None,
             );
         }
@@ -370,9 +398,23 @@ impl Server {
         }
     }
 
-    /// No session could be had with the hop: hold its mail back until the
-    /// retry time instead of trying once per message.
+    /// No session could be had with `addr`: try the hop's next host (the
+    /// next MX, RFC 5321 5.1); when none is left, hold the hop's mail back
+    /// until the retry time instead of trying once per message.
     fn hop_failed(&mut self, hop: &str, addr: SocketAddr, reply: Reply) {
+        if let Some(destination) = self.destinations.get_mut(hop) {
+            let at_current = destination.host().is_some_and(|(_, a)| *a == addr);
+            if at_current && destination.current + 1 < destination.hosts.len() {
+                destination.current += 1;
+                info!("{hop}: {reply}; trying the next host");
+                return self.dispatch(hop);
+            }
+            if destination.host().is_some_and(|(_, a)| *a != addr) {
+                // Another connection already moved on from this host.
+                return self.dispatch(hop);
+            }
+            destination.current = 0;
+        }
         let now = self.wall;
         let health = self.hosts.entry(hop.to_string()).or_default();
         // Parallel connections failing together are one failure.

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use log::{error, info, warn};
 
-use super::outbound::Job;
+use super::outbound::{Destination, Job};
 use super::Server;
 use crate::bounce::{self, Action, Original, ReportedRecipient};
 use crate::delivery::{self, maildir, Settled};
@@ -103,11 +103,10 @@ impl Server {
         };
         let body: Rc<[u8]> = std::mem::take(&mut message.body).into();
         self.jobs_in_memory += 1;
-        let mut job = Job {
+        let job = Job {
             lease,
             message: Rc::new(message),
             body,
-            addr: (Ipv4Addr::UNSPECIFIED, 0).into(),
             started_at: self.wall,
         };
         match routing::hop(&job.lease.next_hop) {
@@ -115,20 +114,15 @@ impl Server {
                 self.deliver_locally(job);
                 None
             }
-            Hop::Lookup(name) => {
-                // Until the resolver lands, names wait (and say why).
-                let reply = Reply::local(
-                    451,
-                    "4.4.3",
-                    &format!("cannot resolve {name}: DNS lookups are not supported yet"),
-                );
-                let attempt_reply = reply.clone();
-                self.settle_job(job, &[], attempt_reply, None, None);
+            Hop::Resolve(target, port) => {
+                self.resolve(job, target, port);
                 None
             }
             Hop::Connect(addr) => {
-                job.addr = addr;
                 let hop = job.lease.next_hop.clone();
+                self.destinations
+                    .entry(hop.clone())
+                    .or_insert_with(|| Destination::single(addr));
                 self.jobs.entry(hop.clone()).or_default().push_back(job);
                 Some(hop)
             }

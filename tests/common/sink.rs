@@ -47,7 +47,12 @@ impl Sink {
     }
 
     pub fn start_with(addr: &str, script: Script) -> Sink {
-        let listener = TcpListener::bind(addr).expect("bind sink");
+        Sink::try_start(addr, script).expect("bind sink")
+    }
+
+    /// As `start_with`, for addresses that may be unavailable (port 25).
+    pub fn try_start(addr: &str, script: Script) -> std::io::Result<Sink> {
+        let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -66,12 +71,12 @@ impl Sink {
                 }
             }
         });
-        Sink {
+        Ok(Sink {
             addr,
             received,
             connections,
             stop,
-        }
+        })
     }
 
     /// Waits (bounded) until `n` transactions have arrived; returns them all.
