@@ -1,6 +1,14 @@
 //! A sans-IO stub resolver for next hops (RFC 5321 section 5): MX, then
 //! A/AAAA, with retries across servers, TCP fallback for truncated answers,
 //! and a TTL cache. The event loop owns the sockets; this owns the logic.
+//!
+//! Driving it: `lookup` (an immediate answer, or later one from
+//! `poll_answer`); after that and after every `handle_*` call, drain
+//! `poll_transmit` (open a socket per `query`, send), `poll_closed` (close
+//! those sockets) and `poll_answer`, then re-arm the timer from
+//! `next_timeout`. Each datagram read goes to `handle_response` with the
+//! socket's `query` handle and the sender; send or receive errors go to
+//! `handle_error`. Wire format by hickory-proto; no sockets or clock here.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};

@@ -13,7 +13,7 @@ pub(super) struct Rng {
 
 impl Rng {
     pub(super) fn from_os() -> Rng {
-        Rng::with_seed(RandomState::new().hash_one(0x6d61_696c_686f_70u64))
+        Rng::with_seed(RandomState::new().hash_one(0x006d_6169_6c68_6f70_u64))
     }
 
     /// Tests pass a fixed seed so that IDs and shuffles repeat.

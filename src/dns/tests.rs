@@ -880,3 +880,63 @@ fn cache_is_bounded_and_evicts_what_expires_first() {
     assert_eq!(c.len(), 3);
     assert_eq!(c.get(&key("a.test."), t0), Some(QResult::NxDomain));
 }
+
+#[test]
+fn query_bytes_on_the_wire() {
+    let mut r = resolver(vec![s1()]);
+    r.lookup(Target::Mx("Example.TEST.".into()), Instant::now());
+    let tx = r.poll_transmit().unwrap();
+    let id = &tx.bytes[..2];
+    let mut want = id.to_vec();
+    want.extend([0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
+    want.extend(b"\x07example\x04test\x00");
+    want.extend([0, 15, 0, 1]); // MX, IN
+    assert_eq!(tx.bytes, want);
+}
+
+#[test]
+fn unresolved_mx_hosts_with_a_temporary_failure_defer() {
+    let t0 = Instant::now();
+    let mut r = resolver(vec![s1()]);
+    r.lookup(mx_target(), t0);
+    let q = one(&mut r);
+    resp(&q)
+        .answer(mx("example.test.", 10, "flaky.example.test."))
+        .answer(mx("example.test.", 20, "gone.example.test."))
+        .answer(mx("example.test.", 30, ".")) // "." among real MX: skipped
+        .send(&mut r, &q, t0);
+    let qs = sent(&mut r);
+    assert_eq!(qs.len(), 4);
+    for q in &qs {
+        let rcode = if q.question().0.starts_with("flaky") {
+            ResponseCode::ServFail
+        } else {
+            ResponseCode::NXDomain
+        };
+        resp(q).rcode(rcode).send(&mut r, q, t0);
+    }
+    let got = answers(&mut r);
+    assert!(
+        matches!(&got[..], [(_, Answer::TempFail(m))] if m.contains("flaky")),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn a_host_with_only_one_family_is_kept() {
+    let t0 = Instant::now();
+    let mut r = resolver(vec![s1()]);
+    let host = Target::Host("v4.example.test".into());
+    r.lookup(host.clone(), t0);
+    for q in sent(&mut r) {
+        if q.question().1 == RecordType::A {
+            resp(&q)
+                .answer(a("v4.example.test.", "192.0.2.4"))
+                .send(&mut r, &q, t0);
+        } else {
+            resp(&q).rcode(ResponseCode::ServFail).send(&mut r, &q, t0);
+        }
+    }
+    let want = Answer::Hosts(vec![cand("v4.example.test", &["192.0.2.4"])]);
+    assert_eq!(answers(&mut r), vec![(host, want)]);
+}
