@@ -49,10 +49,13 @@ mod tests {
         assert_eq!(hop("[::1]:2527"), connect("[::1]:2527"));
         assert_eq!(hop("[192.0.2.1]"), connect("192.0.2.1:25"));
         assert_eq!(hop("[2001:db8::1]"), connect("[2001:db8::1]:25"));
-        assert_eq!(hop("example.org"), Hop::Lookup("example.org".into()));
+        assert_eq!(
+            hop("Example.org"),
+            Hop::Resolve(Target::Mx("example.org".into()), 25)
+        );
         assert_eq!(
             hop("relay.example:587"),
-            Hop::Lookup("relay.example:587".into())
+            Hop::Resolve(Target::Host("relay.example".into()), 587)
         );
     }
 }

@@ -64,7 +64,9 @@ fn answer(request: &[u8], zone: &Zone, tcp: bool) -> Option<Vec<u8>> {
             response.metadata.response_code = ResponseCode::NXDomain;
             let zone_name = Name::from_ascii("test.").unwrap();
             let soa = SOA::new(zone_name.clone(), zone_name.clone(), 1, 60, 60, 60, 30);
-            response.authorities.push(Record::from_rdata(zone_name, 30, RData::SOA(soa)));
+            response
+                .authorities
+                .push(Record::from_rdata(zone_name, 30, RData::SOA(soa)));
         }
         Says::ServFail => response.metadata.response_code = ResponseCode::ServFail,
         Says::Nothing => return None,
@@ -85,7 +87,8 @@ fn dns_server(zone: Zone) -> DnsServer {
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = udp.local_addr().unwrap();
     let tcp = std::net::TcpListener::bind(addr).unwrap();
-    udp.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     tcp.set_nonblocking(true).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let udp_queries = Arc::new(AtomicUsize::new(0));
@@ -112,7 +115,9 @@ fn dns_server(zone: Zone) -> DnsServer {
             };
             q.fetch_add(1, Ordering::SeqCst);
             stream.set_nonblocking(false).unwrap();
-            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
             let mut len = [0u8; 2];
             if stream.read_exact(&mut len).is_err() {
                 continue;
@@ -152,7 +157,10 @@ fn sink_on_25(test: &str, ip: &str) -> Option<Sink> {
     match Sink::try_start(&format!("{ip}:25"), Arc::new(|_, _, _| None)) {
         Ok(sink) => Some(sink),
         Err(e) => {
-            skip(test, &format!("cannot listen on {ip}:25 for an MX host: {e}"));
+            skip(
+                test,
+                &format!("cannot listen on {ip}:25 for an MX host: {e}"),
+            );
             None
         }
     }
@@ -193,11 +201,21 @@ fn wait_rows(mailhop: &Mailhop, sql: &str, want: &[&str]) -> Vec<String> {
 #[test]
 fn mail_goes_to_the_preferred_mx_and_fails_over_to_the_next() {
     const T: &str = "mail_goes_to_the_preferred_mx_and_fails_over_to_the_next";
-    let Some(mx2) = sink_on_25(T, "127.0.0.3") else { return };
-    let Some(mx1) = sink_on_25(T, "127.0.0.2") else { return };
+    let Some(mx2) = sink_on_25(T, "127.0.0.3") else {
+        return;
+    };
+    let Some(mx1) = sink_on_25(T, "127.0.0.2") else {
+        return;
+    };
     let dns = dns_server(Arc::new(|name, kind| match (name, kind) {
-        ("up.test", RecordType::MX) => Says::Records(vec![mx("up.test", 10, "mx1.test"), mx("up.test", 20, "mx2.test")]),
-        ("half.test", RecordType::MX) => Says::Records(vec![mx("half.test", 10, "dead.test"), mx("half.test", 20, "mx2.test")]),
+        ("up.test", RecordType::MX) => Says::Records(vec![
+            mx("up.test", 10, "mx1.test"),
+            mx("up.test", 20, "mx2.test"),
+        ]),
+        ("half.test", RecordType::MX) => Says::Records(vec![
+            mx("half.test", 10, "dead.test"),
+            mx("half.test", 20, "mx2.test"),
+        ]),
         ("mx1.test", RecordType::A) => Says::Records(vec![a("mx1.test", [127, 0, 0, 2])]),
         ("mx2.test", RecordType::A) => Says::Records(vec![a("mx2.test", [127, 0, 0, 3])]),
         // Nothing listens on 127.0.0.9:25.
@@ -211,16 +229,33 @@ fn mail_goes_to_the_preferred_mx_and_fails_over_to_the_next() {
     assert_eq!(mx2.count(), 0);
     let id2 = send(&mailhop, "u@half.test");
     assert_eq!(mx2.wait_for(1, WAIT).len(), 1, "{}", mailhop.log());
-    let got = wait_rows(&mailhop, &format!("SELECT next_hop, status FROM deliveries WHERE id = '{id2}'"), &["half.test|delivered"]);
+    let got = wait_rows(
+        &mailhop,
+        &format!("SELECT next_hop, status FROM deliveries WHERE id = '{id2}'"),
+        &["half.test|delivered"],
+    );
     assert_eq!(got, ["half.test|delivered"]);
-    let hosts = rows(&open_queue(&mailhop.queue_path()), &format!("SELECT id, host FROM attempts WHERE id IN ('{id}', '{id2}') ORDER BY id"));
-    assert_eq!(hosts, [format!("{id}|mx1.test[127.0.0.2]:25"), format!("{id2}|mx2.test[127.0.0.3]:25")]);
+    let hosts = rows(
+        &open_queue(&mailhop.queue_path()),
+        &format!("SELECT id, host FROM attempts WHERE id IN ('{id}', '{id2}') ORDER BY id"),
+    );
+    assert_eq!(
+        hosts,
+        [
+            format!("{id}|mx1.test[127.0.0.2]:25"),
+            format!("{id2}|mx2.test[127.0.0.3]:25")
+        ]
+    );
 }
 
 #[test]
 fn null_mx_and_nxdomain_bounce_and_a_silent_server_defers() {
     let dns = dns_server(Arc::new(|name, kind| match (name, kind) {
-        ("nullmx.test", RecordType::MX) => Says::Records(vec![Record::from_rdata(name_of("nullmx.test"), 60, RData::MX(MX::new(0, Name::root())))]),
+        ("nullmx.test", RecordType::MX) => Says::Records(vec![Record::from_rdata(
+            name_of("nullmx.test"),
+            60,
+            RData::MX(MX::new(0, Name::root())),
+        )]),
         ("nx.test", _) => Says::NxDomain,
         ("broken.test", _) => Says::ServFail,
         _ => Says::Nothing,
@@ -231,12 +266,24 @@ fn null_mx_and_nxdomain_bounce_and_a_silent_server_defers() {
     let nx = send(&mailhop, "u@nx.test");
     let broken = send(&mailhop, "u@broken.test");
     let silent = send(&mailhop, "u@silent.test");
-    let got = wait_rows(&mailhop, &format!("SELECT status, substr(reply, 1, 10) FROM deliveries WHERE id = '{null}'"), &["bounced|550 5.1.10"]);
+    let got = wait_rows(
+        &mailhop,
+        &format!("SELECT status, substr(reply, 1, 10) FROM deliveries WHERE id = '{null}'"),
+        &["bounced|550 5.1.10"],
+    );
     assert_eq!(got, ["bounced|550 5.1.10"], "{}", mailhop.log());
-    let got = wait_rows(&mailhop, &format!("SELECT status, substr(reply, 1, 9) FROM deliveries WHERE id = '{nx}'"), &["bounced|550 5.1.2"]);
+    let got = wait_rows(
+        &mailhop,
+        &format!("SELECT status, substr(reply, 1, 9) FROM deliveries WHERE id = '{nx}'"),
+        &["bounced|550 5.1.2"],
+    );
     assert_eq!(got, ["bounced|550 5.1.2"]);
     for id in [broken, silent] {
-        let got = wait_rows(&mailhop, &format!("SELECT status, substr(last_reply, 1, 9) FROM queue WHERE id = '{id}'"), &["deferred|451 4.4.3"]);
+        let got = wait_rows(
+            &mailhop,
+            &format!("SELECT status, substr(last_reply, 1, 9) FROM queue WHERE id = '{id}'"),
+            &["deferred|451 4.4.3"],
+        );
         assert_eq!(got, ["deferred|451 4.4.3"], "{}", mailhop.log());
     }
 }
@@ -248,7 +295,9 @@ fn name_of(text: &str) -> Name {
 #[test]
 fn a_timeout_then_an_answer_and_a_truncated_answer_still_deliver() {
     const T: &str = "a_timeout_then_an_answer_and_a_truncated_answer_still_deliver";
-    let Some(sink) = sink_on_25(T, "127.0.0.4") else { return };
+    let Some(sink) = sink_on_25(T, "127.0.0.4") else {
+        return;
+    };
     let dropped = Arc::new(AtomicUsize::new(0));
     let d = dropped.clone();
     let dns = dns_server(Arc::new(move |name, kind| match (name, kind) {
@@ -265,8 +314,14 @@ fn a_timeout_then_an_answer_and_a_truncated_answer_still_deliver() {
     send(&mailhop, "u@slow.test");
     send(&mailhop, "u@big.test");
     assert_eq!(sink.wait_for(2, WAIT).len(), 2, "{}", mailhop.log());
-    assert!(dropped.load(Ordering::SeqCst) >= 2, "the unanswered question was asked again");
-    assert!(dns.tcp_queries.load(Ordering::SeqCst) >= 1, "the truncated answer was asked again over TCP");
+    assert!(
+        dropped.load(Ordering::SeqCst) >= 2,
+        "the unanswered question was asked again"
+    );
+    assert!(
+        dns.tcp_queries.load(Ordering::SeqCst) >= 1,
+        "the truncated answer was asked again over TCP"
+    );
     assert!(dns.udp_queries.load(Ordering::SeqCst) >= 3);
 }
 
@@ -280,19 +335,34 @@ fn an_mx_pointing_back_at_this_host_bounces_instead_of_looping() {
     let dir = tempdir();
     let mailhop = relay(dir.path(), dns.addr, "");
     let id = send(&mailhop, "u@loop.test");
-    let got = wait_rows(&mailhop, &format!("SELECT status, substr(reply, 1, 9) FROM deliveries WHERE id = '{id}'"), &["bounced|554 5.4.6"]);
+    let got = wait_rows(
+        &mailhop,
+        &format!("SELECT status, substr(reply, 1, 9) FROM deliveries WHERE id = '{id}'"),
+        &["bounced|554 5.4.6"],
+    );
     assert_eq!(got, ["bounced|554 5.4.6"], "{}", mailhop.log());
 }
 
 #[test]
 fn a_real_dnsmasq_serves_the_mx_records() {
     const T: &str = "a_real_dnsmasq_serves_the_mx_records";
-    let dnsmasq = ["/usr/sbin/dnsmasq", "/sbin/dnsmasq"].into_iter().find(|p| std::path::Path::new(p).exists());
-    let Some(dnsmasq) = dnsmasq.map(str::to_string).or_else(|| have("dnsmasq").then(|| "dnsmasq".to_string())) else {
+    let dnsmasq = ["/usr/sbin/dnsmasq", "/sbin/dnsmasq"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(dnsmasq) = dnsmasq
+        .map(str::to_string)
+        .or_else(|| have("dnsmasq").then(|| "dnsmasq".to_string()))
+    else {
         return skip(T, "dnsmasq is not installed (apt-get install dnsmasq-base)");
     };
-    let Some(mx) = sink_on_25(T, "127.0.0.5") else { return };
-    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let Some(mx) = sink_on_25(T, "127.0.0.5") else {
+        return;
+    };
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = std::process::Command::new(&dnsmasq)
         .args([
             "--keep-in-foreground",
@@ -317,7 +387,11 @@ fn a_real_dnsmasq_serves_the_mx_records() {
     send(&mailhop, "u@dm.test");
     let nx = send(&mailhop, "u@nothere.dm.test");
     let delivered = mx.wait_for(1, WAIT).len();
-    let bounced = wait_rows(&mailhop, &format!("SELECT status, substr(reply, 1, 9) FROM deliveries WHERE id = '{nx}'"), &["bounced|550 5.1.2"]);
+    let bounced = wait_rows(
+        &mailhop,
+        &format!("SELECT status, substr(reply, 1, 9) FROM deliveries WHERE id = '{nx}'"),
+        &["bounced|550 5.1.2"],
+    );
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(delivered, 1, "{}", mailhop.log());

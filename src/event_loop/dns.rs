@@ -119,7 +119,10 @@ impl Server {
                     kind,
                 });
                 self.dns_by_query.insert(query, key);
-                debug!("dns query {query} to {server} ({})", if tcp { "tcp" } else { "udp" });
+                debug!(
+                    "dns query {query} to {server} ({})",
+                    if tcp { "tcp" } else { "udp" }
+                );
             }
             Err(e) => {
                 debug!("dns query {query} to {server}: {e}");
@@ -178,7 +181,10 @@ impl Server {
             Answer::NullMx => Some(Reply::local(
                 550,
                 "5.1.10",
-                &format!("{}: the domain accepts no mail (null MX, RFC 7505)", name(&target)),
+                &format!(
+                    "{}: the domain accepts no mail (null MX, RFC 7505)",
+                    name(&target)
+                ),
             )),
             Answer::NotFound(why) => Some(Reply::local(550, "5.1.2", why)),
             Answer::TempFail(why) => Some(Reply::local(451, "4.4.3", why)),
@@ -206,10 +212,13 @@ impl Server {
                 })
                 .collect();
             let hop = job.lease.next_hop.clone();
-            let destination = self.destinations.entry(hop.clone()).or_insert_with(|| Destination {
-                hosts: Vec::new(),
-                current: 0,
-            });
+            let destination = self
+                .destinations
+                .entry(hop.clone())
+                .or_insert_with(|| Destination {
+                    hosts: Vec::new(),
+                    current: 0,
+                });
             if destination.hosts != hosts {
                 *destination = Destination { hosts, current: 0 };
             }

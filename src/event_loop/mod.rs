@@ -156,8 +156,10 @@ impl Server {
             mio_listeners.push(listener);
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let local_addrs: Vec<SocketAddr> =
-            mio_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let local_addrs: Vec<SocketAddr> = mio_listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
         Ok(Server {
             poll,
             listeners: mio_listeners,
@@ -184,7 +186,13 @@ impl Server {
             resolver: crate::dns::Resolver::new(
                 config.dns_servers.clone(),
                 vec![config.hostname.to_lowercase()],
-                local_addrs.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()).collect(),
+                // An MX at one of our addresses is us only where we listen
+                // on the SMTP port.
+                local_addrs
+                    .iter()
+                    .filter(|a| a.port() == crate::routing::SMTP_PORT)
+                    .map(|a| a.ip())
+                    .collect(),
             ),
             dns_sockets: Slab::new(),
             dns_by_query: HashMap::new(),
@@ -243,12 +251,12 @@ impl Server {
                 match event.token() {
                     WAKER => self.check_signals(),
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
-                    Token(t) if t >= OUT_BASE && t < LISTENER_BASE => self.out_event(
+                    Token(t) if (OUT_BASE..LISTENER_BASE).contains(&t) => self.out_event(
                         t - OUT_BASE,
                         event.is_readable() || event.is_read_closed() || event.is_error(),
                         event.is_writable() || event.is_write_closed() || event.is_error(),
                     ),
-                    Token(t) if t >= DNS_BASE && t < OUT_BASE => self.dns_event(t - DNS_BASE),
+                    Token(t) if (DNS_BASE..OUT_BASE).contains(&t) => self.dns_event(t - DNS_BASE),
                     // Hang-ups and errors surface through the next read.
                     Token(key) => self.conn_event(
                         key,

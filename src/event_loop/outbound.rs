@@ -364,8 +364,12 @@ impl Server {
             return;
         };
         let recipients = conn.client.fail(reply.clone());
-        let (hop, addr, greeted, label) =
-            (conn.hop.clone(), conn.addr, conn.greeted, conn.label.clone());
+        let (hop, addr, greeted, label) = (
+            conn.hop.clone(),
+            conn.addr,
+            conn.greeted,
+            conn.label.clone(),
+        );
         if let Some(job) = conn.job.take() {
             self.settle_job(
                 job,
