@@ -140,7 +140,7 @@ impl Server {
         let stream = match stream {
             Ok(stream) => stream,
             Err(e) => {
-                let reply = Reply::local(451, "4.4.1", &format!("connect to {addr}: {e}"));
+                let reply = Reply::local(451, "4.4.1", &format!("connect to {label}: {e}"));
                 return self.hop_failed(hop, addr, reply);
             }
         };
@@ -192,7 +192,7 @@ impl Server {
                 Ok(Some(e)) | Err(e) => Some(e),
             };
             if let Some(e) = error {
-                let reply = Reply::local(451, "4.4.1", &format!("connect to {}: {e}", conn.addr));
+                let reply = Reply::local(451, "4.4.1", &format!("connect to {}: {e}", conn.label));
                 return self.out_failed(key, reply);
             }
             conn.connected = true;
@@ -228,7 +228,7 @@ impl Server {
                         let reply = Reply::local(
                             451,
                             "4.4.2",
-                            &format!("lost connection with {}: {e}", conn.addr),
+                            &format!("lost connection with {}: {e}", conn.label),
                         );
                         return self.out_failed(key, reply);
                     }
@@ -242,14 +242,20 @@ impl Server {
             }
             match conn.stream.read(&mut self.scratch) {
                 Ok(0) => {
-                    let reply =
-                        Reply::local(451, "4.4.2", &format!("connection closed by {}", conn.addr));
+                    let reply = Reply::local(
+                        451,
+                        "4.4.2",
+                        &format!("connection closed by {}", conn.label),
+                    );
                     return self.out_failed(key, reply);
                 }
                 Ok(n) => {
                     if conn.inbuf.len() + n > MAX_REPLY_BUFFER {
-                        let reply =
-                            Reply::local(451, "4.5.0", &format!("{} talks without end", conn.addr));
+                        let reply = Reply::local(
+                            451,
+                            "4.5.0",
+                            &format!("{} talks without end", conn.label),
+                        );
                         return self.out_failed(key, reply);
                     }
                     conn.inbuf.extend_from_slice(&self.scratch[..n]);
@@ -260,7 +266,7 @@ impl Server {
                     let reply = Reply::local(
                         451,
                         "4.4.2",
-                        &format!("lost connection with {}: {e}", conn.addr),
+                        &format!("lost connection with {}: {e}", conn.label),
                     );
                     return self.out_failed(key, reply);
                 }
@@ -516,7 +522,7 @@ impl Server {
             let reply = Reply::local(
                 451,
                 "4.4.2",
-                &format!("timeout waiting for {what} from {}", conn.addr),
+                &format!("timeout waiting for {what} from {}", conn.label),
             );
             self.out_failed(key, reply);
         }
