@@ -9,6 +9,7 @@
 //! - [`policy`]: who may relay where, and each recipient's next hop.
 //! - [`config`] and [`cli`]: the TOML file and the command line.
 
+pub mod auth;
 pub mod bounce;
 pub mod cli;
 pub mod config;
@@ -20,3 +21,4 @@ pub mod policy;
 pub mod queue;
 pub mod routing;
 pub mod smtp;
+pub mod tls;

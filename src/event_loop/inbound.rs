@@ -12,10 +12,9 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use log::debug;
-use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{write_out, Server, DNS_BASE};
+use super::{write_out, Server, Transport, DNS_BASE};
 use crate::smtp::server::{Env, Session};
 
 /// Input a session may hold unconsumed: a partial command line is at most
@@ -28,7 +27,7 @@ const READ_BUDGET: usize = 256 * 1024;
 const KEEP_CAPACITY: usize = 16 * 1024;
 
 pub(super) struct Conn {
-    stream: TcpStream,
+    transport: Transport,
     pub(super) session: Session,
     ip: IpAddr,
     /// Input read but not yet consumed by the session.
@@ -100,9 +99,17 @@ impl Server {
                 continue;
             }
             let deadline = self.now + self.idle_timeout;
+            let mut transport = Transport::plain(stream);
+            let implicit_tls = self.implicit_tls.get(index).copied().unwrap_or(false);
+            if implicit_tls {
+                let Some(config) = self.tls.server.clone() else { continue };
+                if transport.start_server(config).is_err() {
+                    continue;
+                }
+            }
             entry.insert(Conn {
-                stream,
-                session: Session::new(&self.settings, ip),
+                transport,
+                session: Session::new(&self.settings, ip, implicit_tls),
                 ip,
                 inbuf: Vec::new(),
                 readable: false,
@@ -137,6 +144,7 @@ impl Server {
             settings: &self.settings,
             now: self.wall,
             ids: &mut self.ids,
+            auth_failures: &mut self.auth_failures,
         };
         let mut budget = READ_BUDGET;
         let mut failed = false;
@@ -148,10 +156,22 @@ impl Server {
                     self.to_commit.push((key, message));
                 }
             }
-            if conn.writable && !conn.session.output().is_empty() {
-                match write_out(&mut conn.stream, conn.session.output()) {
+            if conn.writable && (!conn.session.output().is_empty() || conn.transport.wants_flush()) {
+                match write_out(&mut conn.transport, conn.session.output()) {
                     Ok(blocked) => conn.writable = !blocked,
                     Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if conn.session.wants_tls() && conn.session.output().is_empty() {
+                // The 220 is out: what the client sent after STARTTLS, in
+                // clear, is dropped unread (CVE-2011-0411), then TLS.
+                conn.inbuf.clear();
+                match self.tls.server.clone().map(|c| conn.transport.start_server(c)) {
+                    Some(Ok(())) => conn.session.tls_started(),
+                    _ => {
                         failed = true;
                         break;
                     }
@@ -165,7 +185,7 @@ impl Server {
             if !may_read {
                 break;
             }
-            match conn.stream.read(&mut self.scratch) {
+            match conn.transport.read(&mut self.scratch) {
                 Ok(0) => conn.eof = true,
                 Ok(n) => {
                     budget = budget.saturating_sub(n);

@@ -6,6 +6,7 @@ mod dns;
 mod inbound;
 mod outbound;
 mod scheduler;
+mod transport;
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hashbrown::HashMap;
 use log::{error, info, warn};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
@@ -25,6 +26,7 @@ use crate::message::{Message, QueueIds};
 use crate::queue::{Batch, Queue};
 use crate::smtp::server::Settings;
 use inbound::Conn;
+use transport::Transport;
 use outbound::{Job, OutConn};
 use scheduler::{HostHealth, Turn};
 
@@ -78,9 +80,25 @@ impl ShutdownHandle {
 /// A connection's timer entry: when, and which slab key.
 type Deadline = (Instant, usize);
 
+/// A bound listening socket; `implicit_tls`: RFC 8314 (TLS from the start).
+pub struct Listener {
+    pub socket: std::net::TcpListener,
+    pub implicit_tls: bool,
+}
+
+/// What `[tls]` and `[auth]` load from files.
+pub struct Secrets {
+    pub tls: crate::tls::TlsSetup,
+    pub users: Option<crate::auth::Users>,
+}
+
 pub struct Server {
     poll: Poll,
     listeners: Vec<TcpListener>,
+    /// Per listener: TLS from the first byte.
+    implicit_tls: Vec<bool>,
+    tls: crate::tls::TlsSetup,
+    auth_failures: crate::auth::Failures,
     conns: Slab<Conn>,
     per_ip: HashMap<std::net::IpAddr, usize>,
     deadlines: BTreeSet<Deadline>,
@@ -140,12 +158,14 @@ impl Server {
     /// Takes listeners already bound (by [`bind`]) and the opened queue.
     pub fn new(
         config: &Config,
-        listeners: Vec<std::net::TcpListener>,
+        listeners: Vec<Listener>,
         queue: Queue,
+        secrets: Secrets,
     ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut mio_listeners = Vec::with_capacity(listeners.len());
-        for (i, listener) in listeners.into_iter().enumerate() {
+        let implicit_tls: Vec<bool> = listeners.iter().map(|l| l.implicit_tls).collect();
+        for (i, Listener { socket: listener, .. }) in listeners.into_iter().enumerate() {
             listener.set_nonblocking(true)?;
             let mut listener = TcpListener::from_std(listener);
             poll.registry().register(
@@ -166,7 +186,15 @@ impl Server {
             conns: Slab::with_capacity(1024),
             per_ip: HashMap::new(),
             deadlines: BTreeSet::new(),
-            settings: Settings::new(config),
+            settings: {
+                let mut settings = Settings::new(config);
+                settings.starttls = secrets.tls.server.is_some();
+                settings.users = secrets.users;
+                settings
+            },
+            tls: secrets.tls,
+            implicit_tls,
+            auth_failures: crate::auth::Failures::default(),
             idle_timeout: config.timeouts.server_idle,
             max_connections: config.max_connections,
             max_connections_per_ip: config.max_connections_per_ip,
@@ -447,14 +475,15 @@ impl Server {
     }
 }
 
-/// Writes as much of `out` as the socket takes; true when it would block.
-fn write_out(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<bool> {
+/// Writes as much of `out` as the socket takes (and the TLS records it
+/// makes); true when it would block.
+fn write_out(transport: &mut Transport, out: &mut Vec<u8>) -> io::Result<bool> {
     let mut written = 0;
     let result = loop {
         if written == out.len() {
-            break Ok(false);
+            break transport.flush_records();
         }
-        match stream.write(&out[written..]) {
+        match transport.write(&out[written..]) {
             Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(true),

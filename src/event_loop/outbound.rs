@@ -12,9 +12,9 @@ use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{write_out, Server, OUT_BASE};
+use super::{write_out, Server, Transport, OUT_BASE};
 use crate::queue::{Lease, StoredMessage};
-use crate::smtp::client::{Client, Event, Transaction, Wait};
+use crate::smtp::client::{Client, Event, TlsPolicy, Transaction, Wait};
 use crate::smtp::reply::Reply;
 
 /// How long a connection waits, idle, for another message to the same hop.
@@ -55,7 +55,7 @@ impl Destination {
 }
 
 pub(super) struct OutConn {
-    stream: TcpStream,
+    transport: Transport,
     client: Client,
     pub(super) hop: String,
     addr: SocketAddr,
@@ -145,9 +145,14 @@ impl Server {
             }
         };
         let deadline = self.now + self.timeouts.connect;
+        let policy = if self.tls.required {
+            TlsPolicy::Required
+        } else {
+            TlsPolicy::Opportunistic
+        };
         entry.insert(OutConn {
-            stream,
-            client: Client::new(&self.settings.hostname),
+            transport: Transport::plain(stream),
+            client: Client::with_tls(&self.settings.hostname, policy),
             hop: hop.to_string(),
             addr,
             label,
@@ -183,8 +188,8 @@ impl Server {
                 return;
             }
             // mio: connected only once writable, no pending error, and a peer.
-            let error = match conn.stream.take_error() {
-                Ok(None) => match conn.stream.peer_addr() {
+            let error = match conn.transport.stream.take_error() {
+                Ok(None) => match conn.transport.stream.peer_addr() {
                     Ok(_) => None,
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                     Err(e) => Some(e),
@@ -216,10 +221,10 @@ impl Server {
             let mut progressed = acted;
             while conn.writable {
                 let out = conn.client.output();
-                if out.is_empty() {
+                if out.is_empty() && !conn.transport.wants_flush() {
                     break;
                 }
-                match write_out(&mut conn.stream, out) {
+                match write_out(&mut conn.transport, out) {
                     Ok(blocked) => {
                         conn.writable = !blocked;
                         progressed = true;
@@ -240,7 +245,7 @@ impl Server {
                 }
                 continue;
             }
-            match conn.stream.read(&mut self.scratch) {
+            match conn.transport.read(&mut self.scratch) {
                 Ok(0) => {
                     let reply = Reply::local(
                         451,
@@ -335,7 +340,30 @@ impl Server {
                     self.hop_failed(&hop, addr, reply);
                 }
             }
+            Event::StartTls => self.start_tls(key),
             Event::Closed => self.close_out(key),
+        }
+    }
+
+    /// The server said 220 to STARTTLS: whatever else it sent in clear is
+    /// dropped, and the handshake starts; verified against the MX host name
+    /// (or the address) when `verify_outbound` is set.
+    fn start_tls(&mut self, key: usize) {
+        let conn = &mut self.out[key];
+        conn.inbuf.clear();
+        let name = match conn.label.split_once('[') {
+            Some((name, _)) => name.to_string(),
+            None => conn.addr.ip().to_string(),
+        };
+        let started = crate::tls::server_name(&name)
+            .ok_or_else(|| std::io::Error::other(format!("{name} is not a TLS server name")))
+            .and_then(|name| conn.transport.start_client(self.tls.client.clone(), name));
+        match started {
+            Ok(()) => conn.client.tls_started(),
+            Err(e) => {
+                let reply = Reply::local(451, "4.7.5", &format!("TLS with {}: {e}", conn.label));
+                self.out_failed(key, reply);
+            }
         }
     }
 

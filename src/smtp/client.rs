@@ -52,8 +52,22 @@ pub enum Event {
         reply: Reply,
         recipients: Option<Vec<Reply>>,
     },
+    /// STARTTLS was answered 220: the loop drops any input it holds,
+    /// starts the TLS handshake, and calls `tls_started`.
+    StartTls,
     /// QUIT answered (or not needed): close the socket.
     Closed,
+}
+
+/// What we do about STARTTLS with a next hop (`[tls] outbound`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// No TLS configured for this session.
+    Off,
+    /// STARTTLS when offered, else in clear.
+    Opportunistic,
+    /// No TLS, no mail: defer rather than send in clear.
+    Required,
 }
 
 /// Which RFC 5321 4.5.3.2 timeout applies to what we wait for now.
@@ -77,7 +91,6 @@ struct Extensions {
     size: Option<u64>,
     eight_bit_mime: bool,
     smtputf8: bool,
-    /// Recorded for the TLS work to come; not acted on yet.
     starttls: bool,
 }
 
@@ -218,6 +231,10 @@ enum State {
     Greeting,
     Ehlo,
     Helo,
+    /// STARTTLS sent; its 220 is owed.
+    StartTls,
+    /// The loop is doing the handshake; nothing is expected.
+    Handshake,
     /// Idle between transactions.
     Ready,
     /// MAIL, RCPT and DATA replies owed.
@@ -238,6 +255,8 @@ impl State {
             State::Greeting => "greeting",
             State::Ehlo => "ehlo",
             State::Helo => "helo",
+            State::StartTls => "starttls",
+            State::Handshake => "handshake",
             State::Ready => "ready",
             State::Envelope(_) => "envelope",
             State::Body(..) => "body",
@@ -259,6 +278,9 @@ impl State {
 #[derive(Debug)]
 pub struct Client {
     helo_name: String,
+    tls: TlsPolicy,
+    /// The session runs over TLS.
+    encrypted: bool,
     state: State,
     ext: Extensions,
     out: Vec<u8>,
@@ -272,8 +294,15 @@ impl Client {
     /// `helo_name`: our host name for EHLO/HELO. The session starts by
     /// waiting for the greeting.
     pub fn new(helo_name: &str) -> Client {
+        Client::with_tls(helo_name, TlsPolicy::Off)
+    }
+
+    /// As `new`, using STARTTLS (RFC 3207) as `tls` says.
+    pub fn with_tls(helo_name: &str, tls: TlsPolicy) -> Client {
         Client {
             helo_name: helo_name.to_string(),
+            tls,
+            encrypted: false,
             state: State::Greeting,
             ext: Extensions::default(),
             out: Vec::new(),
@@ -433,9 +462,13 @@ impl Client {
     /// between transactions (the loop's connection cache decides) or closed.
     pub fn waiting(&self) -> Option<Wait> {
         match &self.state {
-            State::Greeting | State::Ehlo | State::Helo | State::Rset | State::Quit => {
-                Some(Wait::Command)
-            }
+            State::Greeting
+            | State::Ehlo
+            | State::Helo
+            | State::StartTls
+            | State::Handshake
+            | State::Rset
+            | State::Quit => Some(Wait::Command),
             State::Envelope(txn) => match txn.pending.front() {
                 Some(Expect::Data) => Some(Wait::DataInit),
                 _ => Some(Wait::Command),
@@ -501,7 +534,7 @@ impl Client {
             State::Ehlo => match reply.class() {
                 Class::Positive => {
                     self.ext = Extensions::from_ehlo(&reply);
-                    self.ready();
+                    self.after_ehlo();
                 }
                 Class::Permanent => {
                     let _ = write!(self.out, "HELO {}\r\n", self.helo_name);
@@ -511,8 +544,18 @@ impl Client {
             },
             State::Helo if reply.class() == Class::Positive => {
                 self.ext = Extensions::default();
-                self.ready();
+                self.after_ehlo();
             }
+            State::StartTls if reply.code == 220 => {
+                self.events.push_back(Event::StartTls);
+                self.set_state(State::Handshake);
+            }
+            State::StartTls if self.tls == TlsPolicy::Required => {
+                self.failed(State::StartTls, refusal(reply))
+            }
+            // Opportunistic: STARTTLS refused, so in clear it is.
+            State::StartTls => self.ready(),
+            State::Handshake => self.failed(State::Handshake, unexpected(&reply)),
             State::Rset if reply.class() == Class::Positive => self.ready(),
             state @ (State::Helo | State::Rset) => self.failed(state, refusal(reply)),
             State::Envelope(txn) => self.envelope_reply(txn, reply),
@@ -633,6 +676,34 @@ impl Client {
     fn ready(&mut self) {
         self.events.push_back(Event::Ready);
         self.set_state(State::Ready);
+    }
+
+    /// Greeted: upgrade to TLS when we may and the server offers it; with
+    /// `Required`, a server that does not offer it gets no mail.
+    fn after_ehlo(&mut self) {
+        if self.encrypted || self.tls == TlsPolicy::Off {
+            return self.ready();
+        }
+        if self.ext.starttls {
+            self.out.extend_from_slice(b"STARTTLS\r\n");
+            return self.set_state(State::StartTls);
+        }
+        match self.tls {
+            TlsPolicy::Required => {
+                let reply = Reply::local(451, "4.7.10", "TLS is required but the next hop does not offer STARTTLS");
+                self.failed(State::Ready, reply)
+            }
+            _ => self.ready(),
+        }
+    }
+
+    /// The handshake is under way: start over with EHLO, as RFC 3207 4.2
+    /// requires, forgetting what the server said in clear.
+    pub fn tls_started(&mut self) {
+        self.encrypted = true;
+        self.ext = Extensions::default();
+        let _ = write!(self.out, "EHLO {}\r\n", self.helo_name);
+        self.set_state(State::Ehlo);
     }
 
     /// Reports a transaction that ended before its data, then RSETs so the

@@ -38,6 +38,14 @@ pub enum Command<'a> {
     /// VRFY with any argument.
     Vrfy,
     Help,
+    /// RFC 3207.
+    StartTls,
+    /// RFC 4954: the mechanism (upper-cased by the caller as needed) and
+    /// the initial response, if given (`=` means an empty one).
+    Auth {
+        mechanism: &'a str,
+        initial: Option<&'a str>,
+    },
     /// Recognised but not implemented here (EXPN, TURN, SEND, SOML, SAML):
     /// the verb in upper case.
     NotImplemented(&'static str),
@@ -76,7 +84,10 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
         Some(k) => (&line[..k], skip_spaces(&line[k + 1..])),
         None => (line, &b""[..]),
     };
-    // Every verb we know has four letters.
+    if verb.eq_ignore_ascii_case(b"STARTTLS") {
+        return no_args(args, Command::StartTls);
+    }
+    // Every other verb we know has four letters.
     let &[a, b, c, d] = verb else {
         return Err(CommandError::Unknown);
     };
@@ -91,6 +102,7 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
         b"QUIT" => Verb::Quit,
         b"VRFY" => Verb::Vrfy,
         b"HELP" => Verb::Help,
+        b"AUTH" => Verb::Auth,
         b"EXPN" => return Ok(Command::NotImplemented("EXPN")),
         b"TURN" => return Ok(Command::NotImplemented("TURN")),
         b"SEND" => return Ok(Command::NotImplemented("SEND")),
@@ -113,7 +125,22 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
         Verb::Help => Ok(Command::Help),
         Verb::Vrfy if args.is_empty() => Err(VRFY_SYNTAX),
         Verb::Vrfy => Ok(Command::Vrfy),
+        Verb::Auth => auth(args),
     }
+}
+
+/// `AUTH mechanism [initial-response]` (RFC 4954 4).
+fn auth(args: &[u8]) -> Result<Command<'_>, CommandError> {
+    const AUTH_SYNTAX: CommandError = CommandError::Syntax("Syntax: AUTH mechanism [initial-response]");
+    let text = std::str::from_utf8(args).map_err(|_| AUTH_SYNTAX)?;
+    let mut words = text.split(' ').filter(|w| !w.is_empty());
+    let mechanism = words.next().ok_or(AUTH_SYNTAX)?;
+    let initial = words.next();
+    let sasl_name = |m: &str| m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if words.next().is_some() || !sasl_name(mechanism) || mechanism.len() > 20 {
+        return Err(AUTH_SYNTAX);
+    }
+    Ok(Command::Auth { mechanism, initial })
 }
 
 /// The verbs that get past the first look at a line.
@@ -128,6 +155,7 @@ enum Verb {
     Quit,
     Vrfy,
     Help,
+    Auth,
 }
 
 fn skip_spaces(s: &[u8]) -> &[u8] {
@@ -431,6 +459,14 @@ mod tests {
             (b"SEND FROM:<a@b>", Ok(Command::NotImplemented("SEND"))),
             (b"soml FROM:<a@b>", Ok(Command::NotImplemented("SOML"))),
             (b"SAML", Ok(Command::NotImplemented("SAML"))),
+            (b"STARTTLS", Ok(Command::StartTls)),
+            (b"starttls", Ok(Command::StartTls)),
+            (b"STARTTLS now", Err(NO_ARGUMENTS)),
+            (b"AUTH PLAIN", Ok(Command::Auth { mechanism: "PLAIN", initial: None })),
+            (b"auth login dXNlcg==", Ok(Command::Auth { mechanism: "login", initial: Some("dXNlcg==") })),
+            (b"AUTH PLAIN =", Ok(Command::Auth { mechanism: "PLAIN", initial: Some("=") })),
+            (b"AUTH", Err(Syntax("Syntax: AUTH mechanism [initial-response]"))),
+            (b"AUTH PLAIN a b", Err(Syntax("Syntax: AUTH mechanism [initial-response]"))),
             (b"STARTTLS", Err(Unknown)),
             (b"AUTH PLAIN x", Err(Unknown)),
             (b"BDAT 10 LAST", Err(Unknown)),

@@ -12,6 +12,7 @@ use memchr::memchr;
 use super::address::{ForwardPath, ReversePath};
 use super::command::{self, BodyType, Command, CommandError, MailParams};
 use super::data::{count_received, BareLineEnds, DataError, DataReader};
+use crate::auth::{self, Failures, Users};
 use crate::config::Config;
 use crate::message::{Message, QueueIds, Recipient};
 use crate::policy::{Policy, Refusal};
@@ -35,6 +36,10 @@ pub struct Settings {
     pub max_hops: usize,
     pub bare_lf: BareLineEnds,
     pub policy: Policy,
+    /// STARTTLS is offered (a certificate is configured).
+    pub starttls: bool,
+    /// AUTH is offered over TLS to these accounts.
+    pub users: Option<Users>,
     greeting: String,
     ehlo_extensions: String,
 }
@@ -50,7 +55,6 @@ impl Settings {
         ] {
             let _ = write!(ehlo_extensions, "250-{ext}\r\n");
         }
-        ehlo_extensions.push_str("250 SMTPUTF8\r\n");
         Settings {
             hostname: config.hostname.clone(),
             max_message_size: config.max_message_size as usize,
@@ -58,9 +62,24 @@ impl Settings {
             max_hops: config.max_hops,
             bare_lf: config.bare_lf,
             policy: Policy::new(config),
+            starttls: false,
+            users: None,
             greeting: format!("220 {} ESMTP mailhop\r\n", config.hostname),
             ehlo_extensions,
         }
+    }
+
+    /// The EHLO reply after its first line: STARTTLS only before TLS, AUTH
+    /// only after it (credentials never cross in clear).
+    fn write_extensions(&self, out: &mut Vec<u8>, tls: bool) {
+        out.extend_from_slice(self.ehlo_extensions.as_bytes());
+        if self.starttls && !tls {
+            out.extend_from_slice(b"250-STARTTLS\r\n");
+        }
+        if tls && self.users.is_some() {
+            out.extend_from_slice(b"250-AUTH PLAIN LOGIN\r\n");
+        }
+        out.extend_from_slice(b"250 SMTPUTF8\r\n");
     }
 }
 
@@ -69,6 +88,8 @@ pub struct Env<'a> {
     pub settings: &'a Settings,
     pub now: SystemTime,
     pub ids: &'a mut QueueIds,
+    /// AUTH failures per client address, across sessions.
+    pub auth_failures: &'a mut Failures,
 }
 
 #[derive(Debug)]
@@ -83,8 +104,17 @@ enum State {
     Data(Box<Transaction>, DataReader),
     /// The message is handed to the loop; input waits for the commit.
     Committing,
+    /// AUTH asked for a SASL response: the next line is one, not a command.
+    Auth(AuthStep),
     /// The last reply is written; the loop closes after flushing.
     Closed,
+}
+
+#[derive(Debug)]
+enum AuthStep {
+    Plain,
+    LoginUser,
+    LoginPassword(String),
 }
 
 #[derive(Debug, Default)]
@@ -110,13 +140,20 @@ pub struct Session {
     /// Discarding the rest of an over-long command line.
     discarding: bool,
     shutting_down: bool,
+    /// The session runs over TLS (after STARTTLS, or an implicit listener).
+    tls: bool,
+    /// STARTTLS was answered 220: the loop switches to TLS next.
+    upgrade: bool,
+    /// Who authenticated (AUTH), if anyone.
+    user: Option<String>,
     out: Vec<u8>,
     accepted: Option<Message>,
 }
 
 impl Session {
-    /// A new session, its greeting already in the output.
-    pub fn new(settings: &Settings, client: IpAddr) -> Session {
+    /// A new session, its greeting already in the output. `tls`: the
+    /// connection is already encrypted (an RFC 8314 implicit-TLS listener).
+    pub fn new(settings: &Settings, client: IpAddr, tls: bool) -> Session {
         let mut session = Session {
             state: State::Fresh,
             client: client.to_canonical(),
@@ -125,6 +162,9 @@ impl Session {
             errors: 0,
             discarding: false,
             shutting_down: false,
+            tls,
+            upgrade: false,
+            user: None,
             out: Vec::new(),
             accepted: None,
         };
@@ -134,7 +174,7 @@ impl Session {
 
     /// Turned away at connect time (too many connections): one reply, close.
     pub fn refuse(settings: &Settings, client: IpAddr, text: &str) -> Session {
-        let mut session = Session::new(settings, client);
+        let mut session = Session::new(settings, client, false);
         session.out.clear();
         session.close_with(&format!("421 4.7.0 {} {text}", settings.hostname));
         session
@@ -152,7 +192,25 @@ impl Session {
     /// Whether input should be read and fed now.
     pub fn wants_input(&self) -> bool {
         !matches!(self.state, State::Committing | State::Closed)
+            && !self.upgrade
             && self.out.len() < OUTPUT_HIGH_WATER
+    }
+
+    /// STARTTLS was accepted: once the 220 is written, the loop must throw
+    /// away whatever input it holds (plaintext pipelined after STARTTLS is
+    /// an injection, CVE-2011-0411), start TLS, then call `tls_started`.
+    pub fn wants_tls(&self) -> bool {
+        self.upgrade
+    }
+
+    /// The TLS handshake may begin: forget everything said in clear
+    /// (RFC 3207 4.2); the client must say EHLO again.
+    pub fn tls_started(&mut self) {
+        self.upgrade = false;
+        self.tls = true;
+        self.state = State::Fresh;
+        self.helo.clear();
+        self.esmtp = false;
     }
 
     /// Inside DATA or waiting for its commit: shutdown lets these finish.
@@ -195,8 +253,17 @@ impl Session {
             pos += lf + 1;
             let line = &rest[..lf];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if std::mem::take(&mut self.discarding) || line.len() + 2 > line_limit(line) {
+            let limit = match self.state {
+                State::Auth(_) => MAX_MAIL_RCPT_LINE,
+                _ => line_limit(line),
+            };
+            if std::mem::take(&mut self.discarding) || line.len() + 2 > limit {
+                if matches!(self.state, State::Auth(_)) {
+                    self.state = State::Ready;
+                }
                 self.error("500 5.5.6 Error: line too long");
+            } else if let State::Auth(_) = self.state {
+                self.auth_response(line, env);
             } else {
                 self.command(line, env);
             }
@@ -260,8 +327,7 @@ impl Session {
                 self.state = State::Ready;
                 if self.esmtp {
                     let _ = write!(self.out_str(), "250-{}\r\n", settings.hostname);
-                    self.out
-                        .extend_from_slice(settings.ehlo_extensions.as_bytes());
+                    settings.write_extensions(&mut self.out, self.tls);
                 } else {
                     self.reply(&format!("250 2.0.0 {}", settings.hostname));
                 }
@@ -281,6 +347,98 @@ impl Session {
                 .reply("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"),
             Command::Help => self.reply("214 2.0.0 See RFC 5321"),
             Command::NotImplemented(_) => self.error("502 5.5.1 Error: command not implemented"),
+            Command::StartTls => self.starttls(settings),
+            Command::Auth { mechanism, initial } => self.auth(mechanism, initial, env),
+        }
+    }
+
+    fn starttls(&mut self, settings: &Settings) {
+        if !settings.starttls {
+            return self.error("502 5.5.1 Error: command not implemented");
+        }
+        match self.state {
+            _ if self.tls => self.error("503 5.5.1 Error: TLS already active"),
+            State::Fresh => self.error("503 5.5.1 Error: send EHLO first"),
+            State::Ready => {
+                self.reply("220 2.0.0 Ready to start TLS");
+                self.upgrade = true;
+            }
+            _ => self.error("503 5.5.1 Error: STARTTLS inside a mail transaction"),
+        }
+    }
+
+    fn auth(&mut self, mechanism: &str, initial: Option<&str>, env: &mut Env<'_>) {
+        if env.settings.users.is_none() {
+            return self.error("502 5.5.1 Error: authentication not enabled");
+        }
+        if !self.tls {
+            return self.error("538 5.7.11 Encryption required for requested authentication mechanism");
+        }
+        match self.state {
+            State::Fresh => return self.error("503 5.5.1 Error: send EHLO first"),
+            State::Ready if self.user.is_none() => {}
+            State::Ready => return self.error("503 5.5.1 Error: already authenticated"),
+            _ => return self.error("503 5.5.1 Error: AUTH inside a mail transaction"),
+        }
+        if !env.auth_failures.allowed(self.client, env.now) {
+            return self.error("454 4.7.0 Too many authentication failures, try again later");
+        }
+        let step = if mechanism.eq_ignore_ascii_case("PLAIN") {
+            AuthStep::Plain
+        } else if mechanism.eq_ignore_ascii_case("LOGIN") {
+            AuthStep::LoginUser
+        } else {
+            return self.error("504 5.5.4 Error: unrecognized authentication type");
+        };
+        self.state = State::Auth(step);
+        match initial {
+            Some(response) => self.auth_response(response.as_bytes(), env),
+            None => self.ask(),
+        }
+    }
+
+    /// The 334 challenge for the step we are at.
+    fn ask(&mut self) {
+        match &self.state {
+            State::Auth(AuthStep::LoginUser) => self.reply("334 VXNlcm5hbWU6"), // "Username:"
+            State::Auth(AuthStep::LoginPassword(_)) => self.reply("334 UGFzc3dvcmQ6"), // "Password:"
+            _ => self.reply("334 "),
+        }
+    }
+
+    /// A SASL response line (RFC 4954 4): `*` cancels.
+    fn auth_response(&mut self, line: &[u8], env: &mut Env<'_>) {
+        let State::Auth(step) = std::mem::replace(&mut self.state, State::Ready) else {
+            return;
+        };
+        if line == b"*" {
+            return self.error("501 5.0.0 Error: authentication cancelled");
+        }
+        let Some(decoded) = std::str::from_utf8(line).ok().and_then(auth::decode) else {
+            return self.error("501 5.5.2 Error: cannot decode response");
+        };
+        let credentials = match step {
+            AuthStep::Plain => auth::plain(&decoded),
+            AuthStep::LoginUser => {
+                let Ok(name) = String::from_utf8(decoded) else {
+                    return self.error("501 5.5.2 Error: cannot decode response");
+                };
+                self.state = State::Auth(AuthStep::LoginPassword(name));
+                return self.ask();
+            }
+            AuthStep::LoginPassword(name) => String::from_utf8(decoded).ok().map(|pw| (name, pw)),
+        };
+        let users = env.settings.users.as_ref();
+        match credentials {
+            Some((name, password)) if users.is_some_and(|u| u.verify(&name, &password)) => {
+                env.auth_failures.succeeded(self.client);
+                self.user = Some(name);
+                self.reply("235 2.7.0 Authentication successful");
+            }
+            _ => {
+                env.auth_failures.failed(self.client, env.now);
+                self.error("535 5.7.8 Error: authentication failed");
+            }
         }
     }
 
@@ -328,7 +486,12 @@ impl Session {
                 return self.error("553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter");
             }
         }
-        match settings.policy.recipient(self.client, &path) {
+        // Authenticated clients may relay anywhere, like trusted networks.
+        let decided = match self.user {
+            Some(_) => settings.policy.route(&path),
+            None => settings.policy.recipient(self.client, &path),
+        };
+        match decided {
             Ok(recipient) => {
                 if !txn.recipients.contains(&recipient) {
                     txn.recipients.push(recipient);
@@ -453,7 +616,15 @@ fn received_header(
     settings: &Settings,
     now: SystemTime,
 ) -> String {
-    let protocol = if session.esmtp { "ESMTP" } else { "SMTP" };
+    // RFC 3848: ESMTP, then S for TLS and A for AUTH.
+    let protocol = match (session.esmtp, session.tls, session.user.is_some()) {
+        (false, false, _) => "SMTP",
+        (false, true, _) => "SMTPS",
+        (true, false, false) => "ESMTP",
+        (true, false, true) => "ESMTPA",
+        (true, true, false) => "ESMTPS",
+        (true, true, true) => "ESMTPSA",
+    };
     let date = chrono::DateTime::<chrono::Utc>::from(now).to_rfc2822();
     let from = format!("from {} ([{}])", session.helo, session.client);
     let by = format!(
