@@ -88,9 +88,8 @@ fn apply_outcome(conn: &Connection, o: &Outcome) -> Result<(), QueueError> {
         // A hold the operator set meanwhile stays, a recipient already
         // final (deleted by the operator meanwhile) is not revived, and one
         // the operator deleted while it was in flight is now deleted.
-        (RecipientState::Deferred { next_attempt }, _) => conn
-            .prepare_cached(DEFERRED_SQL)
-            .and_then(|mut stmt| {
+        (RecipientState::Deferred { next_attempt }, _) => {
+            conn.prepare_cached(DEFERRED_SQL).and_then(|mut stmt| {
                 stmt.execute(params![
                     o.row,
                     iso8601(*next_attempt),
@@ -98,7 +97,8 @@ fn apply_outcome(conn: &Connection, o: &Outcome) -> Result<(), QueueError> {
                     counted,
                     iso8601(o.at)
                 ])
-            }),
+            })
+        }
         // What happened on the wire is the truth, whatever the row says now.
         (_, status) => conn
             .prepare_cached(
