@@ -46,7 +46,7 @@ pub struct MessageDetail {
     pub warned: bool,
     pub recipients: Vec<RecipientDetail>,
     pub attempts: Vec<AttemptRecord>,
-    /// The header section of the stored body (through its blank line);
+    /// The header section of the stored body (without the blank line);
     /// `None` once the body was dropped because every recipient is final.
     pub header: Option<Vec<u8>>,
 }

@@ -333,7 +333,7 @@ fn list_show_and_stats_read_the_queue() {
     assert_eq!(pending[1].recipients[0].status, "held");
 
     let shown = a.show("S1").unwrap();
-    assert_eq!(shown.header.as_deref(), Some(&b"Subject: t\r\n\r\n"[..]));
+    assert_eq!(shown.header.as_deref(), Some(&b"Subject: t\r\n"[..]));
     assert_eq!((shown.recipients.len(), shown.attempts.len()), (2, 2));
     assert_eq!(shown.attempts[0].host, "127.0.0.1:2526");
     assert_eq!(
