@@ -59,7 +59,7 @@ fn execute(
         QueueCommand::Retry { id, .. } => {
             let changed = admin.retry(id.as_deref(), now)?;
             match id {
-                Some(id) => said("made due now", id, &changed, ""),
+                Some(id) => said("made", " due now", id, &changed, ""),
                 None => format!(
                     "made {} recipient(s) due now{}\n",
                     changed.recipients,
@@ -67,10 +67,11 @@ fn execute(
                 ),
             }
         }
-        QueueCommand::Hold { id, .. } => said("held", id, &admin.hold(id)?, "; not held"),
-        QueueCommand::Release { id, .. } => said("released", id, &admin.release(id, now)?, ""),
+        QueueCommand::Hold { id, .. } => said("held", "", id, &admin.hold(id)?, "; not held"),
+        QueueCommand::Release { id, .. } => said("released", "", id, &admin.release(id, now)?, ""),
         QueueCommand::Delete { id, .. } => said(
             "deleted",
+            "",
             id,
             &admin.delete(id, now)?,
             "; they will be deleted when that attempt ends, unless it delivers or bounces them",
@@ -79,9 +80,9 @@ fn execute(
 }
 
 /// `held 3 recipient(s) of ID`, and what was left alone.
-fn said(verb: &str, id: &str, changed: &Changed, about_active: &str) -> String {
+fn said(verb: &str, how: &str, id: &str, changed: &Changed, about_active: &str) -> String {
     let mut text = format!(
-        "{verb} {} recipient(s) of {id}{}\n",
+        "{verb} {} recipient(s) of {id}{how}{}\n",
         changed.recipients,
         hops(changed)
     );
@@ -313,4 +314,133 @@ pub fn stats(s: &Stats) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use mailhop::queue::{HopStats, PendingRecipient, RecipientDetail};
+
+    use super::*;
+
+    /// 2023-11-14T22:13:20Z plus `secs`.
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    fn pending(id: &str, sender: &str, size: u64, status: &str) -> PendingMessage {
+        PendingMessage {
+            id: id.into(),
+            sender: sender.into(),
+            size,
+            received_at: "2023-11-14T22:13:20Z".into(),
+            recipients: vec![PendingRecipient {
+                recipient: "u@example.org".into(),
+                next_hop: "127.0.0.1:2526".into(),
+                status: status.into(),
+                attempts: 2,
+                next_attempt: "2023-11-14T23:13:20Z".into(),
+                last_reply: Some("451 4.4.1 refused".into()),
+            }],
+        }
+    }
+
+    #[test]
+    fn list_is_like_mailq() {
+        assert_eq!(list(&[], at(0)), "Mail queue is empty\n");
+        let text = list(
+            &[
+                pending("A1", "s@a.example", 1500, "deferred"),
+                pending("B2", "", 700, "held"),
+            ],
+            at(720),
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1],
+            "A1                      1500 2023-11-14T22:13:20Z   12m  <s@a.example>"
+        );
+        assert_eq!(
+            lines[2],
+            "    deferred  u@example.org  via 127.0.0.1:2526  next 2023-11-14T23:13:20Z  \
+             attempts 2  (451 4.4.1 refused)"
+        );
+        assert!(lines[3].ends_with("<>"), "{text}");
+        assert!(lines[4].contains("held by the operator"), "{text}");
+        assert_eq!(lines[6], "-- 3 Kbytes in 2 messages.");
+    }
+
+    #[test]
+    fn ages_read_at_a_glance() {
+        let stored = "2023-11-14T22:13:20Z";
+        assert_eq!(age(stored, at(59)), "59s");
+        assert_eq!(age(stored, at(3599)), "59m");
+        assert_eq!(age(stored, at(7200)), "2h");
+        assert_eq!(age(stored, at(3 * 86_400)), "3d");
+        assert_eq!(age("junk", at(0)), "?");
+    }
+
+    #[test]
+    fn show_says_when_the_body_is_gone() {
+        let detail = MessageDetail {
+            id: "D1".into(),
+            sender: String::new(),
+            reverse_path: String::new(),
+            client_ip: "192.0.2.1".into(),
+            helo: "h.example".into(),
+            received_at: "2023-11-14T22:13:20Z".into(),
+            size: 10,
+            eight_bit: true,
+            smtputf8: false,
+            warned: false,
+            recipients: vec![RecipientDetail {
+                recipient: "u@example.org".into(),
+                forward_path: "@relay.example:u@example.org".into(),
+                next_hop: "relay.example".into(),
+                status: "deleted".into(),
+                attempts: 1,
+                next_attempt: "2023-11-14T22:13:20Z".into(),
+                last_reply: Some("deleted by operator".into()),
+                finished_at: Some("2023-11-14T22:20:00Z".into()),
+                delete_requested: false,
+            }],
+            attempts: Vec::new(),
+            header: None,
+        };
+        let text = show(&detail);
+        for want in [
+            "  sender:        <>\n",
+            "  flags:         8bit\n",
+            "    forward path:  <@relay.example:u@example.org>\n",
+            "    finished at:   2023-11-14T22:20:00Z\n",
+            "Attempts (0):\n",
+            "  (body already removed: every recipient is final)\n",
+        ] {
+            assert!(text.contains(want), "{want:?} not in\n{text}");
+        }
+    }
+
+    #[test]
+    fn stats_has_a_total_row_and_qshape_columns() {
+        let hop = HopStats {
+            next_hop: "127.0.0.1:2526".into(),
+            by_status: [1, 2, 0, 0],
+            by_age: [1, 0, 0, 2, 0, 0, 0, 0, 0, 0],
+        };
+        let text = stats(&Stats {
+            by_status: STATUSES.iter().map(|s| (*s, 0)).collect(),
+            hops: vec![hop],
+        });
+        let words = |prefix: &str| -> Vec<Vec<String>> {
+            text.lines()
+                .filter(|l| l.trim_start().starts_with(prefix))
+                .map(|l| l.split_whitespace().map(String::from).collect())
+                .collect()
+        };
+        assert_eq!(words("next hop")[1].last().unwrap(), "1280+");
+        assert_eq!(words("TOTAL")[0][1..5], ["3", "1", "0", "0"]);
+        assert_eq!(words("127.0.0.1")[0][1..4], ["3", "1", "2"]);
+        assert!(stats(&Stats::default()).contains("No pending recipients."));
+    }
 }

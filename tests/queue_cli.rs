@@ -343,7 +343,7 @@ fn retry_gets_a_deferred_message_delivered_within_seconds() {
     let start = Instant::now();
     let out = ok(&q, &["retry", &id]);
     assert!(
-        out.starts_with(&format!("made due now 1 recipient(s) of {id}")),
+        out.starts_with(&format!("made 1 recipient(s) of {id} due now")),
         "{out}"
     );
     sink.wait_for(1, SOON);
@@ -371,7 +371,7 @@ fn delete_removes_a_message_and_records_it() {
         format!("deleted 1 recipient(s) of {gone}\n")
     );
     let db = open_queue(&q);
-    assert_eq!(rows(&db, "SELECT id FROM queue"), [kept.clone()]);
+    assert_eq!(rows(&db, "SELECT id FROM queue"), [kept.as_str()]);
     assert_eq!(
         rows(
             &db,
