@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::sink::Sink;
+use common::sink::{Sink, Stage};
 use common::*;
 
 /// Long enough for `serve`'s lease scan (every 2 s) and a delivery.
@@ -444,4 +444,46 @@ fn mistakes_exit_with_a_message() {
         assert_eq!(queue_cmd(&q, args).status.code(), Some(2), "{args:?}");
     }
     drop(mailhop);
+}
+
+#[test]
+fn delete_during_delivery_takes_effect_when_the_attempt_ends() {
+    // The next hop is up but slow, then says 451: the attempt would defer.
+    let sink = Sink::start_with(
+        "127.0.0.1:0",
+        Arc::new(|stage, _, _| {
+            (stage == Stage::EndOfData).then(|| {
+                std::thread::sleep(Duration::from_secs(3));
+                "451 4.3.0 try later".to_string()
+            })
+        }),
+    );
+    let dir = tempdir();
+    let mailhop = start_down(dir.path(), sink.addr.port());
+    let id = send(&mailhop, "s@sender.test", "u@example.org", "in flight");
+    let q = mailhop.queue_path();
+    let db = open_queue(&q);
+    wait_for(
+        &db,
+        &format!("SELECT status FROM queue WHERE id = '{id}'"),
+        "active",
+        SOON,
+    );
+    let out = ok(&q, &["delete", &id]);
+    assert!(
+        out.starts_with(&format!(
+            "deleted 0 recipient(s) of {id}\n1 recipient(s) of {id} are being delivered right now"
+        )),
+        "{out}"
+    );
+    let show = ok(&q, &["show", &id]);
+    assert!(show.contains("when the attempt in flight ends"), "{show}");
+    wait_for(
+        &db,
+        &format!("SELECT status || '|' || reply FROM deliveries WHERE id = '{id}'"),
+        "deleted|deleted by operator (last attempt: 451 4.3.0 try later)",
+        SOON,
+    );
+    assert_eq!(rows(&db, "SELECT count(*) FROM queue"), ["0"]);
+    assert_eq!(rows(&db, "SELECT count(*) FROM attempts"), ["1"]);
 }
