@@ -2,13 +2,16 @@
 //! SQL is in `queue::admin` and `queue::inspect`; this is only the text.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
 use mailhop::cli::{QueueCommand, QueueTarget};
 use mailhop::config::Config;
-use mailhop::queue::{Admin, Changed, MessageDetail, PendingMessage, Stats, AGE_BUCKETS, STATUSES};
+use mailhop::queue::{
+    Admin, Changed, MessageDetail, PendingMessage, QueueError, Stats, AGE_BUCKETS, STATUSES,
+};
 
 /// Runs one queue command: 0 done, 1 failed (unknown ID, no queue file),
 /// 2 bad config.
@@ -21,10 +24,15 @@ pub fn run(command: QueueCommand) -> ExitCode {
         }
     };
     match Admin::open(&path).and_then(|mut admin| execute(&mut admin, &command)) {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
+        // Not print!: it panics when a pager or `head` closes the pipe.
+        Ok(text) => match std::io::stdout().write_all(text.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mailhop: writing the output: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Err(e) => {
             eprintln!("mailhop: {e}");
             ExitCode::FAILURE
@@ -41,16 +49,13 @@ fn queue_path(target: &QueueTarget) -> Result<PathBuf, String> {
         .map_err(|e| e.to_string())
 }
 
-fn execute(
-    admin: &mut Admin,
-    command: &QueueCommand,
-) -> Result<String, mailhop::queue::QueueError> {
+fn execute(admin: &mut Admin, command: &QueueCommand) -> Result<String, QueueError> {
     let now = SystemTime::now();
     Ok(match command {
         QueueCommand::List { json: false, .. } => list(&admin.pending()?, now),
         QueueCommand::List { json: true, .. } => {
             let mut text = serde_json::to_string_pretty(&admin.pending()?)
-                .map_err(|e| mailhop::queue::QueueError(format!("json: {e}")))?;
+                .map_err(|e| QueueError(format!("json: {e}")))?;
             text.push('\n');
             text
         }
@@ -59,7 +64,7 @@ fn execute(
         QueueCommand::Retry { id, .. } => {
             let changed = admin.retry(id.as_deref(), now)?;
             match id {
-                Some(id) => said("made", " due now", id, &changed, ""),
+                Some(id) => said("made", " due now", id, &changed, "; left as they are"),
                 None => format!(
                     "made {} recipient(s) due now{}\n",
                     changed.recipients,
