@@ -18,9 +18,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Parse and validate the config, print the effective settings.
     CheckConfig(ConfigArg),
+    /// Look at and manage the queue (also while `serve` runs).
+    Queue(QueueArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct ConfigArg {
     /// The TOML config file; without it the embedded default applies.
     #[arg(long, value_name = "FILE")]
@@ -40,4 +42,87 @@ pub struct ServeArgs {
     /// Use this host name instead of the config's `hostname`.
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    #[command(subcommand)]
+    pub command: QueueCommand,
+}
+
+/// Which queue file: `--queue`, else the config's `queue`, else the
+/// embedded default's (`./mailhop.db`).
+#[derive(Debug, Args, Clone)]
+pub struct QueueTarget {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Use this queue file instead of the config's `queue`.
+    #[arg(long, value_name = "PATH")]
+    pub queue: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Pending messages and their recipients, like `mailq`.
+    List {
+        /// One JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: QueueTarget,
+    },
+    /// One message: envelope, recipients, attempt history, headers.
+    Show {
+        id: String,
+        #[command(flatten)]
+        target: QueueTarget,
+    },
+    /// Make deferred recipients due now (and their failing next hops).
+    #[command(override_usage = "mailhop queue retry <ID|--all> [OPTIONS]")]
+    Retry {
+        #[arg(required_unless_present = "all")]
+        id: Option<String>,
+        /// Every waiting message.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        #[command(flatten)]
+        target: QueueTarget,
+    },
+    /// Park a message: it is not attempted until released.
+    Hold {
+        id: String,
+        #[command(flatten)]
+        target: QueueTarget,
+    },
+    /// Unpark a held message; it is due at once.
+    Release {
+        id: String,
+        #[command(flatten)]
+        target: QueueTarget,
+    },
+    /// Remove a message (recorded as `deleted` in `deliveries`).
+    Delete {
+        id: String,
+        #[command(flatten)]
+        target: QueueTarget,
+    },
+    /// Counts by status, by next hop, and by age (like `qshape`).
+    Stats {
+        #[command(flatten)]
+        target: QueueTarget,
+    },
+}
+
+impl QueueCommand {
+    pub fn target(&self) -> &QueueTarget {
+        match self {
+            QueueCommand::List { target, .. }
+            | QueueCommand::Show { target, .. }
+            | QueueCommand::Retry { target, .. }
+            | QueueCommand::Hold { target, .. }
+            | QueueCommand::Release { target, .. }
+            | QueueCommand::Delete { target, .. }
+            | QueueCommand::Stats { target } => target,
+        }
+    }
 }

@@ -1,5 +1,7 @@
 //! Thin: command line -> config -> queue and listeners -> ctrlc -> run.
 
+mod admin;
+
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
             }
             Err(e) => usage_error(&e),
         },
+        Command::Queue(args) => admin::run(args.command),
     }
 }
 

@@ -33,6 +33,19 @@ pub(super) const HOLD_BACK_SQL: &str = "UPDATE recipients SET next_attempt = ?2,
        AND status IN ('queued', 'deferred', 'active', 'held')
        AND status IN ('queued', 'deferred') AND next_attempt < ?2";
 
+/// A deferral; `delete_requested` (set by `mailhop queue delete` while the
+/// row was active) turns it into the final `deleted` instead.
+const DEFERRED_SQL: &str = "UPDATE recipients
+     SET status = CASE WHEN delete_requested = 1 THEN 'deleted'
+                       WHEN status = 'held' THEN 'held'
+                       ELSE 'deferred' END,
+         finished_at = CASE WHEN delete_requested = 1 THEN ?5 ELSE finished_at END,
+         last_reply = CASE WHEN delete_requested = 1
+                           THEN 'deleted by operator (last attempt: ' || ?3 || ')'
+                           ELSE ?3 END,
+         next_attempt = ?2, attempts = attempts + ?4
+     WHERE id = ?1 AND status IN ('queued', 'deferred', 'active', 'held')";
+
 /// Applies everything of `batch` but its new messages, inside the caller's
 /// transaction.
 pub(super) fn apply(conn: &Connection, batch: &Batch<'_>) -> Result<(), QueueError> {
@@ -72,18 +85,20 @@ fn final_status(state: &RecipientState) -> Option<&'static str> {
 fn apply_outcome(conn: &Connection, o: &Outcome) -> Result<(), QueueError> {
     let counted = i64::from(o.attempt.is_some());
     let changed = match (&o.state, final_status(&o.state)) {
-        // A hold the operator set meanwhile stays, and a recipient already
-        // final (deleted by the operator meanwhile) is not revived.
-        (RecipientState::Deferred { next_attempt }, _) => conn
-            .prepare_cached(
-                "UPDATE recipients
-                 SET status = CASE status WHEN 'held' THEN 'held' ELSE 'deferred' END,
-                     next_attempt = ?2, last_reply = ?3, attempts = attempts + ?4
-                 WHERE id = ?1 AND status IN ('queued', 'deferred', 'active', 'held')",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![o.row, iso8601(*next_attempt), o.reply, counted])
-            }),
+        // A hold the operator set meanwhile stays, a recipient already
+        // final (deleted by the operator meanwhile) is not revived, and one
+        // the operator deleted while it was in flight is now deleted.
+        (RecipientState::Deferred { next_attempt }, _) => {
+            conn.prepare_cached(DEFERRED_SQL).and_then(|mut stmt| {
+                stmt.execute(params![
+                    o.row,
+                    iso8601(*next_attempt),
+                    o.reply,
+                    counted,
+                    iso8601(o.at)
+                ])
+            })
+        }
         // What happened on the wire is the truth, whatever the row says now.
         (_, status) => conn
             .prepare_cached(

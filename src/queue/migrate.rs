@@ -12,6 +12,10 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         "0002_delivery.sql",
         include_str!("../../schema/0002_delivery.sql"),
     ),
+    (
+        "0003_admin.sql",
+        include_str!("../../schema/0003_admin.sql"),
+    ),
 ];
 
 /// Applies the missing migrations in one transaction, so a crash leaves the

@@ -1,13 +1,24 @@
 //! The durable queue: the only module that speaks SQL (with `schema/`).
 
+mod admin;
 mod delivery;
+mod inspect;
 mod migrate;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_admin;
+#[cfg(test)]
 mod tests_delivery;
 #[cfg(test)]
 mod tests_upkeep;
+mod watch;
+
+pub use admin::{Admin, Changed};
+pub use inspect::{
+    age_bucket, AttemptRecord, HopStats, MessageDetail, PendingMessage, PendingRecipient,
+    RecipientDetail, Stats, AGE_BUCKETS, STATUSES,
+};
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -70,6 +81,8 @@ fn parse_time(text: &str) -> Result<SystemTime, QueueError> {
 pub struct Queue {
     /// Also holds the prepared-statement cache (`prepare_cached`).
     conn: Connection,
+    /// `PRAGMA data_version` when last looked at (`changed_elsewhere`).
+    data_version: Option<i64>,
 }
 
 impl Queue {
@@ -99,7 +112,10 @@ impl Queue {
         if requeued > 0 {
             log::info!("queue: {requeued} recipients left active by the last run are due again");
         }
-        Ok(Queue { conn })
+        Ok(Queue {
+            conn,
+            data_version: None,
+        })
     }
 
     /// Stores every message of one loop turn in one transaction (one fsync).
@@ -272,11 +288,16 @@ fn set_pragmas(conn: &Connection, pragmas: &[(&str, &str, &str)]) -> Result<(), 
 }
 
 /// Leases of a dead process: that delivery may or may not have happened, so
-/// it is tried again (at least once, never lost).
+/// it is tried again (at least once, never lost), unless the operator
+/// deleted it meanwhile.
 fn requeue_active(conn: &Connection, now: SystemTime) -> Result<usize, QueueError> {
     conn.execute(
         "UPDATE recipients
-         SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
+         SET status = CASE WHEN delete_requested = 1 THEN 'deleted'
+                           WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
+             finished_at = CASE WHEN delete_requested = 1 THEN ?1 ELSE finished_at END,
+             last_reply = CASE WHEN delete_requested = 1 THEN 'deleted by operator'
+                               ELSE last_reply END,
              next_attempt = ?1
          WHERE status = 'active'",
         [iso8601(now)],

@@ -40,7 +40,10 @@ fn migration_from_version_1_keeps_data() {
     }
     let q = Queue::open(&path).unwrap();
     let c = other(&path);
-    assert_eq!(count(&c, "PRAGMA user_version"), 2);
+    assert_eq!(
+        count(&c, "PRAGMA user_version"),
+        migrate::MIGRATIONS.len() as i64
+    );
     assert_eq!(count(&c, "SELECT count(*) FROM queue"), 1);
     let m = q.message("OLD1").unwrap();
     assert_eq!((m.body.as_slice(), m.warned), (&b"abc"[..], false));
