@@ -6,7 +6,9 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -31,7 +33,8 @@ pub struct Users {
 impl Users {
     /// Reads a users file; the message names the file and line.
     pub fn load(path: &Path) -> Result<Users, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
         Users::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
@@ -47,7 +50,10 @@ impl Users {
                 return Err(format!("line {}: expected name:hash", n + 1));
             };
             if name.is_empty() || PasswordHash::new(hash).is_err() {
-                return Err(format!("line {}: not a name and a password hash from `mailhop passwd`", n + 1));
+                return Err(format!(
+                    "line {}: not a name and a password hash from `mailhop passwd`",
+                    n + 1
+                ));
             }
             hashes.insert(name.to_string(), hash.to_string());
         }
@@ -67,7 +73,11 @@ impl Users {
             None => (self.decoy.as_str(), false),
         };
         let ok = PasswordHash::new(hash)
-            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
             .unwrap_or(false);
         ok && known
     }
@@ -102,7 +112,10 @@ pub fn plain(response: &[u8]) -> Option<(String, String)> {
     if parts.next().is_some() || authcid.is_empty() || (!authzid.is_empty() && authzid != authcid) {
         return None;
     }
-    Some((String::from_utf8(authcid.to_vec()).ok()?, String::from_utf8(password.to_vec()).ok()?))
+    Some((
+        String::from_utf8(authcid.to_vec()).ok()?,
+        String::from_utf8(password.to_vec()).ok()?,
+    ))
 }
 
 /// Failed attempts per client address, shared by all sessions.
@@ -115,14 +128,19 @@ impl Failures {
     /// Whether this client may try (again) now.
     pub fn allowed(&self, ip: IpAddr, now: SystemTime) -> bool {
         match self.by_ip.get(&ip) {
-            Some(&(count, since)) => count < MAX_FAILURES || now.duration_since(since).unwrap_or_default() >= FAILURE_WINDOW,
+            Some(&(count, since)) => {
+                count < MAX_FAILURES
+                    || now.duration_since(since).unwrap_or_default() >= FAILURE_WINDOW
+            }
             None => true,
         }
     }
 
     pub fn failed(&mut self, ip: IpAddr, now: SystemTime) {
         if self.by_ip.len() >= MAX_TRACKED && !self.by_ip.contains_key(&ip) {
-            self.by_ip.retain(|_, (_, since)| now.duration_since(*since).unwrap_or_default() < FAILURE_WINDOW);
+            self.by_ip.retain(|_, (_, since)| {
+                now.duration_since(*since).unwrap_or_default() < FAILURE_WINDOW
+            });
             if self.by_ip.len() >= MAX_TRACKED {
                 self.by_ip.clear();
             }
@@ -150,13 +168,18 @@ mod tests {
         assert!(users.verify("alice", "s3cret"));
         assert!(!users.verify("alice", "wrong"));
         assert!(!users.verify("bob", "s3cret"));
-        assert!(Users::parse("alice:plaintext\n").unwrap_err().contains("line 1"));
+        assert!(Users::parse("alice:plaintext\n")
+            .unwrap_err()
+            .contains("line 1"));
     }
 
     #[test]
     fn sasl_plain_takes_no_identity_but_ones_own() {
         assert_eq!(plain(b"\0alice\0pw"), Some(("alice".into(), "pw".into())));
-        assert_eq!(plain(b"alice\0alice\0pw"), Some(("alice".into(), "pw".into())));
+        assert_eq!(
+            plain(b"alice\0alice\0pw"),
+            Some(("alice".into(), "pw".into()))
+        );
         assert_eq!(plain(b"root\0alice\0pw"), None);
         assert_eq!(plain(b"alice\0pw"), None);
         assert_eq!(decode("AGFsaWNlAHB3").as_deref(), Some(&b"\0alice\0pw"[..]));

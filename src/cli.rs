@@ -20,6 +20,14 @@ pub enum Command {
     CheckConfig(ConfigArg),
     /// Look at and manage the queue (also while `serve` runs).
     Queue(QueueArgs),
+    /// Read a password on stdin, print a `name:hash` line for `[auth] users_file`.
+    Passwd(PasswdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PasswdArgs {
+    /// The account name (what clients give to AUTH).
+    pub name: String,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -9,7 +9,7 @@ use log::{error, warn};
 
 use mailhop::cli::{Cli, Command, ServeArgs};
 use mailhop::config::Config;
-use mailhop::event_loop::{self, Server};
+use mailhop::event_loop::{self, Listener, Secrets, Server};
 use mailhop::queue::Queue;
 
 /// Bad command line or config (clap uses 2 as well).
@@ -27,7 +27,29 @@ fn main() -> ExitCode {
             Err(e) => usage_error(&e),
         },
         Command::Queue(args) => admin::run(args.command),
+        Command::Passwd(args) => passwd(&args.name),
     }
+}
+
+/// `mailhop passwd NAME`: one line of password from stdin (not echoed when
+/// it is a terminal is the shell's business), a `name:hash` line out.
+fn passwd(name: &str) -> ExitCode {
+    if name.is_empty() || name.contains([':', '\n', '\r']) {
+        return usage_error(&format!(
+            "passwd: {name:?} cannot be an account name (no ':' or line breaks)"
+        ));
+    }
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("mailhop: passwd: cannot read the password: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return usage_error(&"passwd: empty password");
+    }
+    println!("{name}:{}", mailhop::auth::hash_password(password));
+    ExitCode::SUCCESS
 }
 
 fn usage_error(e: &dyn std::fmt::Display) -> ExitCode {
@@ -59,14 +81,35 @@ fn serve(args: ServeArgs) -> ExitCode {
             ))
         }
     };
+    let tls = match mailhop::tls::load(&config) {
+        Ok(tls) => tls,
+        Err(e) => return usage_error(&format!("{}: {e}", config_name(&config))),
+    };
+    let users = match &config.auth_users_file {
+        Some(path) => match mailhop::auth::Users::load(path) {
+            Ok(users) => Some(users),
+            Err(e) => {
+                return usage_error(&format!("{}: auth.users_file: {e}", config_name(&config)))
+            }
+        },
+        None => None,
+    };
+    if users.is_some() && tls.server.is_none() {
+        warn!("auth.users_file is set but [tls] has no certificate: AUTH is only offered over TLS, so never");
+    }
     let mut listeners = Vec::new();
-    for addr in &config.listen {
+    let plain = config.listen.iter().map(|a| (a, false));
+    let implicit = config.tls.implicit_listen.iter().map(|a| (a, true));
+    for (addr, implicit_tls) in plain.chain(implicit) {
         match event_loop::bind(*addr) {
-            Ok(listener) => listeners.push(listener),
+            Ok(socket) => listeners.push(Listener {
+                socket,
+                implicit_tls,
+            }),
             Err(e) => return fatal(&format!("cannot listen on {addr}: {e}")),
         }
     }
-    let server = match Server::new(&config, listeners, queue) {
+    let server = match Server::new(&config, listeners, queue, Secrets { tls, users }) {
         Ok(server) => server,
         Err(e) => return fatal(&format!("cannot start the event loop: {e}")),
     };
@@ -85,6 +128,14 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fatal(&format!("event loop failed: {e}")),
     }
+}
+
+/// The config file, for messages about what it names.
+fn config_name(config: &Config) -> String {
+    config.file.as_ref().map_or_else(
+        || "the embedded default".to_string(),
+        |f| f.display().to_string(),
+    )
 }
 
 fn fatal(message: &str) -> ExitCode {

@@ -31,9 +31,13 @@ pub fn load(config: &Config) -> Result<TlsSetup, String> {
                 .and_then(|certs| certs.collect::<Result<_, _>>())
                 .map_err(|e| format!("tls.cert: {}: {e}", cert.display()))?;
             if chain.is_empty() {
-                return Err(format!("tls.cert: {}: no certificate in it", cert.display()));
+                return Err(format!(
+                    "tls.cert: {}: no certificate in it",
+                    cert.display()
+                ));
             }
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("tls.key: {}: {e}", key.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("tls.key: {}: {e}", key.display()))?;
             let server = ServerConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| format!("tls: {e}"))?
@@ -107,7 +111,12 @@ impl ServerCertVerifier for Unverified {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -116,7 +125,12 @@ impl ServerCertVerifier for Unverified {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

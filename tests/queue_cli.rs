@@ -267,7 +267,6 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 }
 
 #[test]
-#[ignore = "needs serve to honour host_state.next_retry set by `queue retry|release` (serve-side change pending)"]
 fn hold_keeps_a_message_back_and_release_gets_it_delivered() {
     let port = closed_port();
     let dir = tempdir();
@@ -330,7 +329,6 @@ fn hold_keeps_a_message_back_and_release_gets_it_delivered() {
 }
 
 #[test]
-#[ignore = "needs serve to honour host_state.next_retry set by `queue retry|release` (serve-side change pending)"]
 fn retry_gets_a_deferred_message_delivered_within_seconds() {
     let port = closed_port();
     let dir = tempdir();

@@ -102,7 +102,9 @@ impl Server {
             let mut transport = Transport::plain(stream);
             let implicit_tls = self.implicit_tls.get(index).copied().unwrap_or(false);
             if implicit_tls {
-                let Some(config) = self.tls.server.clone() else { continue };
+                let Some(config) = self.tls.server.clone() else {
+                    continue;
+                };
                 if transport.start_server(config).is_err() {
                     continue;
                 }
@@ -156,7 +158,8 @@ impl Server {
                     self.to_commit.push((key, message));
                 }
             }
-            if conn.writable && (!conn.session.output().is_empty() || conn.transport.wants_flush()) {
+            if conn.writable && (!conn.session.output().is_empty() || conn.transport.wants_flush())
+            {
                 match write_out(&mut conn.transport, conn.session.output()) {
                     Ok(blocked) => conn.writable = !blocked,
                     Err(_) => {
@@ -169,7 +172,12 @@ impl Server {
                 // The 220 is out: what the client sent after STARTTLS, in
                 // clear, is dropped unread (CVE-2011-0411), then TLS.
                 conn.inbuf.clear();
-                match self.tls.server.clone().map(|c| conn.transport.start_server(c)) {
+                match self
+                    .tls
+                    .server
+                    .clone()
+                    .map(|c| conn.transport.start_server(c))
+                {
                     Some(Ok(())) => conn.session.tls_started(),
                     _ => {
                         failed = true;

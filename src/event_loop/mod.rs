@@ -26,9 +26,9 @@ use crate::message::{Message, QueueIds};
 use crate::queue::{Batch, Queue};
 use crate::smtp::server::Settings;
 use inbound::Conn;
-use transport::Transport;
 use outbound::{Job, OutConn};
 use scheduler::{HostHealth, Turn};
+use transport::Transport;
 
 /// Accept backlog: bursts of connections are queued, not dropped at SYN.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -165,7 +165,13 @@ impl Server {
         let poll = Poll::new()?;
         let mut mio_listeners = Vec::with_capacity(listeners.len());
         let implicit_tls: Vec<bool> = listeners.iter().map(|l| l.implicit_tls).collect();
-        for (i, Listener { socket: listener, .. }) in listeners.into_iter().enumerate() {
+        for (
+            i,
+            Listener {
+                socket: listener, ..
+            },
+        ) in listeners.into_iter().enumerate()
+        {
             listener.set_nonblocking(true)?;
             let mut listener = TcpListener::from_std(listener);
             poll.registry().register(

@@ -32,6 +32,7 @@ impl Server {
         if self.shutdown.is_some() || self.now < self.next_scan {
             return;
         }
+        self.notice_operator_retries();
         let room = MAX_JOBS.saturating_sub(self.jobs_in_memory);
         let leases = if room == 0 {
             Vec::new()
@@ -84,6 +85,29 @@ impl Server {
                 Ok(0) => {}
                 Ok(n) => info!("pruned {n} rows of history"),
                 Err(e) => error!("pruning history: {e}"),
+            }
+        }
+    }
+
+    /// `mailhop queue retry|release` set a failing hop's stored
+    /// `next_retry` to now: take it when earlier than ours, so the
+    /// operator's retry is not held back until the hop's own retry time.
+    fn notice_operator_retries(&mut self) {
+        match self.queue.changed_elsewhere() {
+            Ok(true) if !self.hosts.is_empty() => {}
+            Ok(_) => return,
+            Err(e) => return error!("watching the queue: {e}"),
+        }
+        let retries = match self.queue.host_retries() {
+            Ok(retries) => retries,
+            Err(e) => return error!("reading next hop retry times: {e}"),
+        };
+        for (hop, at) in retries {
+            if let Some(health) = self.hosts.get_mut(&hop) {
+                if health.until.is_some_and(|until| at < until) {
+                    info!("{hop}: retry asked from outside, trying it again");
+                    health.until = Some(at);
+                }
             }
         }
     }

@@ -26,7 +26,11 @@ impl Transport {
         Ok(())
     }
 
-    pub(super) fn start_client(&mut self, config: Arc<ClientConfig>, name: ServerName<'static>) -> io::Result<()> {
+    pub(super) fn start_client(
+        &mut self,
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> io::Result<()> {
         let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
         self.tls = Some(conn.into());
         self.flush_records()?;
@@ -40,7 +44,9 @@ impl Transport {
 
     /// Writes pending TLS records; true when the socket would block.
     pub(super) fn flush_records(&mut self) -> io::Result<bool> {
-        let Some(tls) = &mut self.tls else { return Ok(false) };
+        let Some(tls) = &mut self.tls else {
+            return Ok(false);
+        };
         while tls.wants_write() {
             match tls.write_tls(&mut self.stream) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -690,7 +690,11 @@ impl Client {
         }
         match self.tls {
             TlsPolicy::Required => {
-                let reply = Reply::local(451, "4.7.10", "TLS is required but the next hop does not offer STARTTLS");
+                let reply = Reply::local(
+                    451,
+                    "4.7.10",
+                    "TLS is required but the next hop does not offer STARTTLS",
+                );
                 self.failed(State::Ready, reply)
             }
             _ => self.ready(),

@@ -131,12 +131,16 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
 
 /// `AUTH mechanism [initial-response]` (RFC 4954 4).
 fn auth(args: &[u8]) -> Result<Command<'_>, CommandError> {
-    const AUTH_SYNTAX: CommandError = CommandError::Syntax("Syntax: AUTH mechanism [initial-response]");
+    const AUTH_SYNTAX: CommandError =
+        CommandError::Syntax("Syntax: AUTH mechanism [initial-response]");
     let text = std::str::from_utf8(args).map_err(|_| AUTH_SYNTAX)?;
     let mut words = text.split(' ').filter(|w| !w.is_empty());
     let mechanism = words.next().ok_or(AUTH_SYNTAX)?;
     let initial = words.next();
-    let sasl_name = |m: &str| m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let sasl_name = |m: &str| {
+        m.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
     if words.next().is_some() || !sasl_name(mechanism) || mechanism.len() > 20 {
         return Err(AUTH_SYNTAX);
     }
@@ -467,8 +471,6 @@ mod tests {
             (b"AUTH PLAIN =", Ok(Command::Auth { mechanism: "PLAIN", initial: Some("=") })),
             (b"AUTH", Err(Syntax("Syntax: AUTH mechanism [initial-response]"))),
             (b"AUTH PLAIN a b", Err(Syntax("Syntax: AUTH mechanism [initial-response]"))),
-            (b"STARTTLS", Err(Unknown)),
-            (b"AUTH PLAIN x", Err(Unknown)),
             (b"BDAT 10 LAST", Err(Unknown)),
             (b"", Err(Unknown)),
             (b"   ", Err(Unknown)),

@@ -372,7 +372,8 @@ impl Session {
             return self.error("502 5.5.1 Error: authentication not enabled");
         }
         if !self.tls {
-            return self.error("538 5.7.11 Encryption required for requested authentication mechanism");
+            return self
+                .error("538 5.7.11 Encryption required for requested authentication mechanism");
         }
         match self.state {
             State::Fresh => return self.error("503 5.5.1 Error: send EHLO first"),
@@ -666,8 +667,9 @@ mod tests {
         chunks: impl IntoIterator<Item = &'a [u8]>,
     ) -> (String, Vec<Message>) {
         let mut ids = QueueIds::default();
+        let mut failures = Failures::default();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let mut session = Session::new(settings, "192.0.2.9".parse().unwrap());
+        let mut session = Session::new(settings, "192.0.2.9".parse().unwrap(), false);
         let mut held = Vec::new();
         let mut accepted = Vec::new();
         for chunk in chunks {
@@ -677,6 +679,7 @@ mod tests {
                     settings,
                     now,
                     ids: &mut ids,
+                    auth_failures: &mut failures,
                 };
                 let used = session.receive(&held, &mut env);
                 held.drain(..used);
@@ -799,11 +802,13 @@ mod tests {
     fn shutdown_waits_for_data_then_says_421() {
         let s = settings("");
         let mut ids = QueueIds::default();
-        let mut session = Session::new(&s, "192.0.2.9".parse().unwrap());
+        let mut failures = Failures::default();
+        let mut session = Session::new(&s, "192.0.2.9".parse().unwrap(), false);
         let mut env = Env {
             settings: &s,
             now: SystemTime::now(),
             ids: &mut ids,
+            auth_failures: &mut failures,
         };
         let input =
             b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<jones@beta.arpa>\r\nDATA\r\nhello\r\n";
@@ -825,11 +830,13 @@ mod tests {
     fn a_failed_commit_answers_451_and_resets_the_transaction() {
         let s = settings("");
         let mut ids = QueueIds::default();
-        let mut session = Session::new(&s, "192.0.2.9".parse().unwrap());
+        let mut failures = Failures::default();
+        let mut session = Session::new(&s, "192.0.2.9".parse().unwrap(), false);
         let mut env = Env {
             settings: &s,
             now: SystemTime::now(),
             ids: &mut ids,
+            auth_failures: &mut failures,
         };
         session.receive(b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<jones@beta.arpa>\r\nDATA\r\nhi\r\n.\r\nRCPT TO:<brown@beta.arpa>\r\n", &mut env);
         assert!(session.awaiting_commit());
