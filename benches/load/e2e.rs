@@ -191,8 +191,9 @@ fn find_mailhop(explicit: Option<&Path>) -> Result<PathBuf, String> {
     candidates.push(manifest.join("target/release/mailhop"));
     let found = |c: &[PathBuf]| c.iter().find(|p| p.is_file()).cloned();
     if let Some(path) = found(&candidates) {
+        let path = clean(path);
         warn_if_stale(&path);
-        return Ok(clean(path));
+        return Ok(path);
     }
     eprintln!("e2e: no release mailhop found; running cargo build --release --bin mailhop");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -213,14 +214,28 @@ fn clean(path: PathBuf) -> PathBuf {
     path.canonicalize().unwrap_or(path)
 }
 
-/// The bench is rebuilt when the library changes, the binary is not.
+/// `cargo bench` rebuilds the library, not the binary: say so when a
+/// source file is newer than the binary.
 fn warn_if_stale(binary: &Path) {
-    let mtime = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
-    let exe = std::env::current_exe().ok();
-    if let (Some(bin), Some(bench)) = (mtime(binary), exe.as_deref().and_then(mtime)) {
-        if bin < bench {
+    fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+        let mut best = None;
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let path = entry.path();
+            let t = if path.is_dir() {
+                newest(&path)
+            } else {
+                entry.metadata().and_then(|m| m.modified()).ok()
+            };
+            best = best.max(t);
+        }
+        best
+    }
+    let bin = binary.metadata().and_then(|m| m.modified()).ok();
+    let src = newest(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    if let (Some(bin), Some(src)) = (bin, src) {
+        if bin < src {
             eprintln!(
-                "e2e: note: {} is older than this bench; `cargo build --release` if src/ changed",
+                "e2e: warning: {} is older than src/; run `cargo build --release` first",
                 binary.display()
             );
         }
