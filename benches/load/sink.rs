@@ -100,12 +100,12 @@ pub fn run(
         }
         if report && now >= next_report {
             let count = stats.messages.load(Ordering::Relaxed);
-            println!(
+            say(format_args!(
                 "sink: {:>7.1} s  {count} messages  (+{}/s)  {} sessions open",
                 start.elapsed().as_secs_f64(),
                 count - last_count,
                 stats.open.load(Ordering::Relaxed)
-            );
+            ));
             last_count = count;
             next_report += Duration::from_secs(1);
         }
@@ -136,15 +136,22 @@ pub fn run(
         }
     }
     if report {
-        println!(
+        say(format_args!(
             "sink: stopped after {:.1} s: {} messages, {} recipients, {} sessions",
             start.elapsed().as_secs_f64(),
             stats.messages.load(Ordering::Relaxed),
             stats.rcpts.load(Ordering::Relaxed),
             stats.sessions.load(Ordering::Relaxed)
-        );
+        ));
     }
     Ok(())
+}
+
+/// A line on stdout; a closed stdout (`| head`) does not stop the sink.
+fn say(line: std::fmt::Arguments) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(line).and_then(|()| out.write_all(b"\n"));
+    let _ = out.flush();
 }
 
 fn accept(

@@ -1,6 +1,8 @@
 //! Figures of a run and how they are printed (text or one JSON line).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -134,12 +136,26 @@ pub struct Setup<'a> {
 
 pub fn print(setup: &Setup, load: &mut LoadResult, e2e: Option<&E2eResult>, as_json: bool) {
     let lat = load.latency();
+    let mut out = String::new();
     if as_json {
-        println!("{}", to_json(setup, load, &lat, e2e));
-        return;
+        out = format!("{}\n", to_json(setup, load, &lat, e2e));
+    } else {
+        text(&mut out, setup, load, &lat, e2e);
     }
+    // One write, and no panic when the reader has gone (`| head`).
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+}
+
+fn text(
+    out: &mut String,
+    setup: &Setup,
+    load: &LoadResult,
+    lat: &Latency,
+    e2e: Option<&E2eResult>,
+) {
     let yn = |b| if b { "yes" } else { "no" };
-    println!(
+    let _ = writeln!(
+        out,
         "{} {}: connections {}, messages {}, size {} B, recipients {}, pipelining {}, reuse {}",
         setup.mode,
         setup.target,
@@ -150,7 +166,8 @@ pub fn print(setup: &Setup, load: &mut LoadResult, e2e: Option<&E2eResult>, as_j
         yn(setup.pipelining),
         yn(setup.reuse)
     );
-    println!(
+    let _ = writeln!(
+        out,
         "  accepted {} of {} ({} failed, {} not finished) in {:.3} s: {:.1} msg/s accepted{}",
         load.accepted,
         load.messages,
@@ -164,12 +181,12 @@ pub fn print(setup: &Setup, load: &mut LoadResult, e2e: Option<&E2eResult>, as_j
             ""
         }
     );
-    println!(
+    let _ = writeln!(out,
         "  latency end of data -> reply: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
         lat.p50, lat.p90, lat.p99, lat.max, lat.samples
     );
     if let Some(e) = e2e {
-        println!(
+        let _ = writeln!(out,
             "  delivered {} messages ({} of {} recipients) to the sink in {:.3} s: {:.1} msg/s end to end{}",
             e.delivered,
             e.delivered_rcpts,
@@ -190,20 +207,22 @@ pub fn print(setup: &Setup, load: &mut LoadResult, e2e: Option<&E2eResult>, as_j
             Some(s) => format!("{s:.2} s CPU"),
             None => "CPU ?".to_string(),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "  mailhop: peak RSS {} (VmHWM), RSS at end {}, {cpu}, exit: {}",
             mib(e.peak_rss),
             mib(e.rss),
             e.exit
         );
     }
-    println!(
+    let _ = writeln!(
+        out,
         "  errors: {} ({} connections opened)",
         load.error_count(),
         load.connections_opened
     );
     for (kind, n) in &load.errors {
-        println!("    {n:>8}  {kind}");
+        let _ = writeln!(out, "    {n:>8}  {kind}");
     }
 }
 
