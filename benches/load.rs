@@ -1,0 +1,168 @@
+//! Load harness for SMTP servers (SPEC section 9), run as
+//! `cargo bench --bench load -- ARGS` (see `--help`):
+//!
+//! - `--target HOST:PORT`: load any SMTP server and print accepted
+//!   messages/s, end-of-data-to-reply latency (p50, p99, max) and errors;
+//! - `--sink PORT`: an SMTP sink on 127.0.0.1:PORT that accepts and counts;
+//! - `--e2e`: a release mailhop relaying to an in-process sink, loaded,
+//!   until the sink has every message: accepted/s, delivered/s, peak RSS.
+//!
+//! `--json` prints one line of JSON instead. Every mode stops by itself
+//! within `--max-time`. Exit code: 0 when the run happened (errors are
+//! figures, not failures), 1 when it could not be set up or an end-to-end
+//! run is incomplete, 2 for a bad command line.
+
+#[path = "load/args.rs"]
+mod args;
+#[path = "load/client.rs"]
+mod client;
+#[path = "load/e2e.rs"]
+mod e2e;
+#[path = "load/message.rs"]
+mod message;
+#[path = "load/sink.rs"]
+mod sink;
+#[path = "load/stats.rs"]
+mod stats;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Parser;
+
+use args::Args;
+use stats::Setup;
+
+fn main() -> ExitCode {
+    // cargo passes --bench to harness = false benches; `cargo bench` with
+    // no filter runs every bench, this one with nothing to do.
+    let argv: Vec<OsString> = std::env::args_os().filter(|a| a != "--bench").collect();
+    if argv.len() == 1 {
+        eprintln!("load: nothing to do; `cargo bench --bench load -- --help` shows how to use it");
+        return ExitCode::SUCCESS;
+    }
+    let args = Args::parse_from(argv);
+    raise_nofile_limit();
+
+    if let Some(port) = args.sink {
+        return sink_mode(&args, port);
+    }
+    let setup = |mode, target: String| Setup {
+        mode,
+        target,
+        connections: args.connections,
+        messages: args.messages,
+        size: args.size,
+        recipients: args.recipients,
+        pipelining: args.pipelining,
+        reuse: args.reuse,
+    };
+    if args.e2e {
+        return match e2e::run(&args) {
+            Ok(mut out) => {
+                stats::print(
+                    &setup("e2e", out.target.clone()),
+                    &mut out.load,
+                    Some(&out.e2e),
+                    args.json,
+                );
+                if out.e2e.complete {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("load: e2e: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let target = args.target.expect("clap requires a mode");
+    let recipients = args.recipients();
+    let msgs = message::Messages::new(&args.from, &recipients, args.size);
+    let plan = client::Plan {
+        target,
+        connections: args.connections as usize,
+        messages: args.messages,
+        recipients,
+        from: args.from.clone(),
+        helo: args.helo.clone(),
+        pipelining: args.pipelining,
+        reuse: args.reuse,
+        deadline: Instant::now() + args.max_time(),
+    };
+    match client::run(&plan, &msgs) {
+        Ok(mut load) => {
+            stats::print(
+                &setup("target", target.to_string()),
+                &mut load,
+                None,
+                args.json,
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("load: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn sink_mode(args: &Args, port: u16) -> ExitCode {
+    let listener = match std::net::TcpListener::bind(("127.0.0.1", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("load: sink: bind 127.0.0.1:{port}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let start = Instant::now();
+    let stats = Arc::new(sink::SinkStats::new(start));
+    let stop = Arc::new(AtomicBool::new(false));
+    if !args.json {
+        println!(
+            "sink: listening on 127.0.0.1:{port} for {} s",
+            args.max_time
+        );
+    }
+    let deadline = start + args.max_time();
+    if let Err(e) = sink::run(listener, stats.clone(), stop, deadline, !args.json) {
+        eprintln!("load: sink: {e}");
+        return ExitCode::from(1);
+    }
+    if args.json {
+        use std::sync::atomic::Ordering::Relaxed;
+        let v = serde_json::json!({
+            "mode": "sink",
+            "port": port,
+            "elapsed_s": start.elapsed().as_secs_f64(),
+            "messages": stats.messages.load(Relaxed),
+            "rcpts": stats.rcpts.load(Relaxed),
+            "sessions": stats.sessions.load(Relaxed),
+        });
+        println!("{v}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// Thousands of sockets: soft RLIMIT_NOFILE up to the hard limit.
+fn raise_nofile_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                eprintln!("load: could not raise the open-file limit");
+            }
+        }
+    }
+}
