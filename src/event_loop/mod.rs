@@ -376,64 +376,73 @@ impl Server {
         if self.to_commit.is_empty() && self.turn.is_empty() {
             return;
         }
-        let inbound = std::mem::take(&mut self.to_commit);
-        let turn = std::mem::take(&mut self.turn);
-        let batch = Batch {
-            messages: inbound
-                .iter()
-                .map(|(_, m)| m)
-                .chain(&turn.generated)
-                .collect(),
-            outcomes: turn.outcomes,
-            hosts: turn.hosts,
-            hold_backs: turn.hold_backs,
-            warned: turn.warned,
-        };
-        let result = self.queue.commit_turn(&batch);
-        let Batch {
-            messages,
+        let (keys, inbound): (Vec<usize>, Vec<Message>) =
+            std::mem::take(&mut self.to_commit).into_iter().unzip();
+        let Turn {
             outcomes,
             hosts,
             hold_backs,
             warned,
+            generated,
+        } = std::mem::take(&mut self.turn);
+        let batch = Batch {
+            messages: inbound.iter().chain(&generated).collect(),
+            outcomes,
+            hosts,
+            hold_backs,
+            warned,
+        };
+        // New mail goes straight to delivery while there is room for it.
+        let lease_new = self.shutdown.is_none()
+            && self.jobs_in_memory + batch.messages.len() <= scheduler::MAX_JOBS / 2;
+        let result = self.queue.commit_and_lease(&batch, lease_new);
+        let Batch {
+            outcomes,
+            hosts,
+            hold_backs,
+            warned,
+            ..
         } = batch;
-        drop(messages);
-        match &result {
-            Ok(()) => {
-                if !inbound.is_empty() || !turn.generated.is_empty() {
+        match result {
+            Ok(leases) => {
+                for (key, message) in keys.iter().zip(&inbound) {
+                    if let Some(conn) = self.conns.get_mut(*key) {
+                        conn.session.committed(Ok(&message.id), &self.settings);
+                    }
+                    info!(
+                        "{}: from=<{}> size={} nrcpt={} client=[{}] helo={}",
+                        message.id,
+                        message.sender,
+                        message.body.len(),
+                        message.recipients.len(),
+                        message.client_ip,
+                        message.helo
+                    );
+                }
+                let mut messages: Vec<Message> = inbound.into_iter().chain(generated).collect();
+                if lease_new {
+                    self.start_committed(&mut messages, leases);
+                } else if !messages.is_empty() {
                     self.next_scan = self.now; // new mail is due at once
                 }
             }
             Err(e) => {
                 error!("queue commit failed: {e}");
+                for key in &keys {
+                    if let Some(conn) = self.conns.get_mut(*key) {
+                        conn.session.committed(Err(()), &self.settings);
+                    }
+                }
                 self.turn = Turn {
                     outcomes,
                     hosts,
                     hold_backs,
                     warned,
-                    generated: turn.generated,
+                    generated,
                 };
             }
         }
-        for (key, message) in &inbound {
-            if result.is_ok() {
-                info!(
-                    "{}: from=<{}> size={} nrcpt={} client=[{}] helo={}",
-                    message.id,
-                    message.sender,
-                    message.body.len(),
-                    message.recipients.len(),
-                    message.client_ip,
-                    message.helo
-                );
-            }
-            let reply = result.as_ref().map(|_| message.id.as_str()).map_err(|_| ());
-            // A session awaiting its commit is never closed, so the key is its.
-            if let Some(conn) = self.conns.get_mut(*key) {
-                conn.session.committed(reply, &self.settings);
-            }
-        }
-        for (key, _) in inbound {
+        for key in keys {
             if self.conns.contains(key) {
                 self.drive(key);
             }

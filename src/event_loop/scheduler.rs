@@ -14,7 +14,7 @@ use crate::bounce::{self, Action, Original, ReportedRecipient};
 use crate::delivery::{self, maildir, Settled};
 use crate::message::Message;
 use crate::policy::local_user_name;
-use crate::queue::{Attempt, Lease};
+use crate::queue::{Attempt, Lease, StoredMessage};
 use crate::routing::{self, Hop};
 use crate::smtp::address::parse_forward_path;
 use crate::smtp::reply::Reply;
@@ -126,13 +126,55 @@ impl Server {
             }
         };
         let body: Rc<[u8]> = std::mem::take(&mut message.body).into();
-        self.jobs_in_memory += 1;
-        let job = Job {
+        self.start_job(Job {
             lease,
             message: Rc::new(message),
             body,
             started_at: self.wall,
-        };
+        })
+    }
+
+    /// Messages just committed with their recipients already leased
+    /// (`Queue::commit_and_lease`): they start from memory, without a
+    /// lease query or a reload of the body.
+    pub(super) fn start_committed(&mut self, messages: &mut [Message], leases: Vec<Lease>) {
+        let mut hops = Vec::new();
+        let mut leases = leases.into_iter().peekable();
+        for message in messages {
+            let stored = Rc::new(StoredMessage {
+                id: message.id.clone(),
+                sender: message.sender.clone(),
+                reverse_path: message.reverse_path.clone(),
+                received_at: message.received_at,
+                eight_bit: message.eight_bit,
+                smtputf8: message.smtputf8,
+                warned: false,
+                body: Vec::new(),
+            });
+            let body: Rc<[u8]> = std::mem::take(&mut message.body).into();
+            while let Some(lease) = leases.next_if(|l| l.message_id == message.id) {
+                let job = Job {
+                    lease,
+                    message: stored.clone(),
+                    body: body.clone(),
+                    started_at: self.wall,
+                };
+                if let Some(hop) = self.start_job(job) {
+                    if !hops.contains(&hop) {
+                        hops.push(hop);
+                    }
+                }
+            }
+        }
+        for hop in hops {
+            self.dispatch(&hop);
+        }
+    }
+
+    /// Routes one job: delivered here, parked for DNS, or queued for a
+    /// connection (its hop is returned, to be dispatched).
+    fn start_job(&mut self, job: Job) -> Option<String> {
+        self.jobs_in_memory += 1;
         match routing::hop(&job.lease.next_hop) {
             Hop::Local => {
                 self.deliver_locally(job);

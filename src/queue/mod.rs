@@ -132,8 +132,19 @@ impl Queue {
     /// delay warnings. Either all of it is durable when this returns Ok, or
     /// none of it is.
     pub fn commit_turn(&mut self, batch: &Batch<'_>) -> Result<(), QueueError> {
+        self.commit_and_lease(batch, false).map(drop)
+    }
+
+    /// As `commit_turn`; with `lease_new`, the new messages' recipients are
+    /// stored already `active` and returned as leases (per message and next
+    /// hop), so mail that can go at once is not looked up again.
+    pub fn commit_and_lease(
+        &mut self,
+        batch: &Batch<'_>,
+        lease_new: bool,
+    ) -> Result<Vec<Lease>, QueueError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // IMMEDIATE takes the write lock up front, so a busy database fails
         // here (after the busy timeout) rather than halfway through.
@@ -143,11 +154,13 @@ impl Queue {
             .map_err(sql("begin"))?;
         // On error, dropping `tx` rolls back (unless SQLite already has), so
         // the connection is ready for the next batch.
+        let mut leases = Vec::new();
         for message in &batch.messages {
-            insert(&tx, message)?;
+            insert(&tx, message, lease_new.then_some(&mut leases))?;
         }
         delivery::apply(&tx, batch)?;
-        tx.commit().map_err(sql("commit"))
+        tx.commit().map_err(sql("commit"))?;
+        Ok(leases)
     }
 }
 
@@ -305,7 +318,13 @@ fn requeue_active(conn: &Connection, now: SystemTime) -> Result<usize, QueueErro
     .map_err(sql("requeue active recipients"))
 }
 
-fn insert(conn: &Connection, m: &Message) -> Result<(), QueueError> {
+/// Stores one message; with `leases`, its recipients go in `active` and
+/// their leases are appended.
+fn insert(
+    conn: &Connection,
+    m: &Message,
+    leases: Option<&mut Vec<Lease>>,
+) -> Result<(), QueueError> {
     let received_at = iso8601(m.received_at);
     conn.prepare_cached(
         "INSERT INTO messages (id, sender, reverse_path, client_ip, helo,
@@ -332,16 +351,20 @@ fn insert(conn: &Connection, m: &Message) -> Result<(), QueueError> {
         .prepare_cached(
             "INSERT INTO recipients (message_id, recipient, forward_path, next_hop,
                                      status, attempts, next_attempt)
-             VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5)",
+             VALUES (?1, ?2, ?3, ?4, ?6, 0, ?5)",
         )
         .map_err(sql("prepare recipient insert"))?;
+    let status = if leases.is_some() { "active" } else { "queued" };
+    let first = leases.as_ref().map_or(0, |l| l.len());
+    let mut leases = leases;
     for r in &m.recipients {
         stmt.execute(params![
             m.id,
             r.mailbox,
             r.forward_path,
             r.next_hop,
-            received_at
+            received_at,
+            status
         ])
         .map_err(|e| {
             QueueError(format!(
@@ -349,6 +372,25 @@ fn insert(conn: &Connection, m: &Message) -> Result<(), QueueError> {
                 r.mailbox, m.id
             ))
         })?;
+        if let Some(leases) = leases.as_deref_mut() {
+            let leased = LeasedRecipient {
+                row: conn.last_insert_rowid(),
+                mailbox: r.mailbox.clone(),
+                forward_path: r.forward_path.clone(),
+                attempts: 0,
+            };
+            match leases[first..]
+                .iter_mut()
+                .find(|l| l.next_hop == r.next_hop)
+            {
+                Some(lease) => lease.recipients.push(leased),
+                None => leases.push(Lease {
+                    message_id: m.id.clone(),
+                    next_hop: r.next_hop.clone(),
+                    recipients: vec![leased],
+                }),
+            }
+        }
     }
     Ok(())
 }
