@@ -103,7 +103,6 @@ fn ten_thousand_concurrent_sessions_each_complete_a_transaction() {
     let mut finished = 0;
     let txn = b"EHLO many.test\r\nMAIL FROM:<s@a.test>\r\nRCPT TO:<jones@beta.test>\r\nDATA\r\nSubject: many\r\n\r\nhello\r\n.\r\nQUIT\r\n";
     let mut sending = false;
-    let mut peak_open_rss = 0;
 
     // Reads what is there; writes what is owed. Edge-triggered: both until
     // WouldBlock.
@@ -159,9 +158,9 @@ fn ten_thousand_concurrent_sessions_each_complete_a_transaction() {
         }
         if !sending && greeted == n {
             // Every session is open at once: now each does its transaction.
-            peak_open_rss = kb(&mailhop, "VmRSS");
+            let open_rss = kb(&mailhop, "VmRSS");
             eprintln!(
-                "{n} sessions open at once after {:?}, mailhop VmRSS {peak_open_rss} kB",
+                "{n} sessions open at once after {:?}, mailhop VmRSS {open_rss} kB",
                 start.elapsed()
             );
             sending = true;
