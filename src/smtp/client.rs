@@ -751,8 +751,16 @@ mod proptests {
             cuts in prop::collection::vec(any::<usize>(), 0..10),
             txns in prop::collection::vec(transaction(), 1..4),
             quit_early in any::<bool>(),
+            opening in 0..3u8,
         ) {
-            let input = replies.concat();
+            // Most runs get as far as a transaction: a greeting and an EHLO
+            // reply (pipelining or not) first, then the random replies.
+            let mut input = match opening {
+                0 => b"220 mx\r\n250-mx\r\n250 PIPELINING\r\n".to_vec(),
+                1 => b"220 mx\r\n250 mx\r\n".to_vec(),
+                _ => Vec::new(),
+            };
+            input.extend(replies.concat());
             let mut cuts: Vec<usize> = cuts.iter().map(|&c| c % (input.len() + 1)).collect();
             cuts.push(input.len());
             cuts.sort_unstable();
