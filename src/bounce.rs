@@ -756,3 +756,105 @@ print('original subject', 'Subject: Lunch on Friday' in headers, 'Body text' in 
         assert!(text.contains("\r\nStatus: 4.0.0\r\n"));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    /// Text with the characters that could break a report: line ends, NUL,
+    /// 8-bit, long words, runs of spaces.
+    fn hostile_text(max: usize) -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            3 => "[ -~]{1,12}",
+            1 => Just("\r\n".to_string()),
+            1 => Just("\r".to_string()),
+            1 => Just("\n".to_string()),
+            1 => Just("\0".to_string()),
+            1 => Just("\t".to_string()),
+            1 => Just("é€".to_string()),
+            1 => Just(" ".repeat(80)),
+            1 => (1usize..3000).prop_map(|n| "w".repeat(n)),
+            1 => any::<char>().prop_map(String::from),
+        ];
+        prop::collection::vec(piece, 0..max).prop_map(|v| v.concat())
+    }
+
+    fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            3 => "[ -~]{1,20}".prop_map(String::into_bytes),
+            2 => Just(b"\r\n".to_vec()),
+            1 => Just(b"\n".to_vec()),
+            1 => Just(b"\r".to_vec()),
+            1 => Just(b"\0".to_vec()),
+            1 => Just(b"\r\n\t".to_vec()),
+            1 => (1usize..3000).prop_map(|n| vec![b'h'; n]),
+            1 => (1usize..700).prop_map(|n| "é".repeat(n).into_bytes()),
+            1 => prop::collection::vec(any::<u8>(), 0..20),
+        ];
+        prop::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+    }
+
+    fn recipient() -> impl Strategy<Value = ReportedRecipient> {
+        (
+            hostile_text(6),
+            any::<bool>(),
+            hostile_text(3),
+            prop::option::of(hostile_text(6)),
+            prop::option::of(hostile_text(12)),
+            prop::option::of(0u64..4_000_000_000),
+        )
+            .prop_map(|(mailbox, failed, status, remote_mta, diagnostic, last)| {
+                ReportedRecipient {
+                    mailbox,
+                    action: if failed {
+                        Action::Failed
+                    } else {
+                        Action::Delayed
+                    },
+                    status,
+                    remote_mta,
+                    diagnostic,
+                    last_attempt: last.map(|s| UNIX_EPOCH + Duration::from_secs(s)),
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn no_line_over_998_octets_and_no_bare_cr_or_lf(
+            // The config checks the hostname as a domain (at most 255 octets).
+            hostname in "([a-z0-9-]{1,63}\\.){0,3}[a-z0-9-]{1,63}",
+            id in hostile_text(3),
+            sender in hostile_text(5),
+            message in header_bytes(),
+            recipients in prop::collection::vec(recipient(), 0..4),
+            received in 0u64..4_000_000_000,
+            now in 0u64..4_000_000_000,
+        ) {
+            let original = Original {
+                id: &id,
+                sender: &sender,
+                received_at: UNIX_EPOCH + Duration::from_secs(received),
+                message: &message,
+            };
+            let report = report(&hostname, &original, &recipients, UNIX_EPOCH + Duration::from_secs(now));
+            prop_assert!(report.ends_with(b"\r\n"));
+            for (i, &b) in report.iter().enumerate() {
+                if b == b'\r' {
+                    prop_assert_eq!(report.get(i + 1), Some(&b'\n'), "bare CR at {}", i);
+                }
+                if b == b'\n' {
+                    prop_assert!(i > 0 && report[i - 1] == b'\r', "bare LF at {}", i);
+                }
+                prop_assert!(b != 0, "NUL at {}", i);
+            }
+            for line in report.split(|&b| b == b'\n') {
+                prop_assert!(line.len() <= MAX_LINE + 1, "line of {} octets", line.len());
+            }
+        }
+    }
+}

@@ -584,3 +584,119 @@ mod tests {
         assert!(lit("IPv6:::1").is_ascii());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn label() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9]([a-zA-Z0-9-]{0,8}[a-zA-Z0-9])?"
+    }
+
+    fn domain_name() -> impl Strategy<Value = String> {
+        prop::collection::vec(label(), 1..4).prop_map(|labels| labels.join("."))
+    }
+
+    fn domain() -> impl Strategy<Value = Domain> {
+        prop_oneof![
+            4 => domain_name().prop_map(Domain::Name),
+            1 => any::<[u8; 4]>().prop_map(|b| Domain::Literal(Ipv4Addr::from(b).to_string())),
+            1 => any::<[u16; 8]>()
+                .prop_map(|s| Domain::Literal(format!("IPv6:{}", Ipv6Addr::from(s)))),
+            1 => ("x-[a-z0-9]{1,5}", "[!-Z^-~]{1,12}")
+                .prop_map(|(tag, content)| Domain::Literal(format!("{tag}:{content}"))),
+        ]
+    }
+
+    fn local_part() -> impl Strategy<Value = String> {
+        let atom = "[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]{1,8}";
+        prop_oneof![
+            prop::collection::vec(atom, 1..4).prop_map(|atoms| atoms.join(".")),
+            // Quoted: qtext and quoted pairs.
+            prop::collection::vec(prop_oneof!["[ !#-\\[\\]-~]", "\\\\[ -~]"], 0..10)
+                .prop_map(|parts| format!("\"{}\"", parts.concat())),
+        ]
+    }
+
+    fn valid_path() -> impl Strategy<Value = Path> {
+        (
+            prop::collection::vec(domain_name(), 0..4),
+            local_part(),
+            domain(),
+        )
+            .prop_map(|(route, local, domain)| Path {
+                route,
+                mailbox: Mailbox { local, domain },
+            })
+    }
+
+    /// Bytes that matter to the grammar, so random input gets deep.
+    fn path_like_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let pieces = prop_oneof![
+            Just(b"<".to_vec()),
+            Just(b">".to_vec()),
+            Just(b"@".to_vec()),
+            Just(b".".to_vec()),
+            Just(b":".to_vec()),
+            Just(b",".to_vec()),
+            Just(b"\"".to_vec()),
+            Just(b"\\".to_vec()),
+            Just(b"[".to_vec()),
+            Just(b"]".to_vec()),
+            Just(b"IPv6:".to_vec()),
+            Just(b"-".to_vec()),
+            Just("ü".as_bytes().to_vec()),
+            Just(b"\xc3".to_vec()),
+            Just(b"\xff".to_vec()),
+            "[a-z0-9]{1,4}".prop_map(String::into_bytes),
+            any::<u8>().prop_map(|b| vec![b]),
+        ];
+        prop::collection::vec(pieces, 0..40).prop_map(|v| {
+            let mut out = b"<".to_vec();
+            out.extend(v.concat());
+            out
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn never_panics_on_arbitrary_bytes(input in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = parse_forward_path(&input);
+            let _ = parse_reverse_path(&input);
+        }
+
+        #[test]
+        fn whatever_parses_displays_and_parses_back_the_same(input in path_like_bytes()) {
+            if let Ok((ForwardPath::Path(p), _)) = parse_forward_path(&input) {
+                let shown = format!("<{p}>");
+                let (again, rest) = parse_forward_path(shown.as_bytes()).unwrap();
+                prop_assert_eq!(again, ForwardPath::Path(p.clone()));
+                prop_assert!(rest.is_empty());
+                // What is shown never carries a line break or a NUL.
+                prop_assert!(!shown.contains(['\r', '\n', '\0']));
+            }
+            if let Ok((ReversePath::Path(p), rest)) = parse_reverse_path(&input) {
+                // The rest is a suffix of the input, the path its prefix.
+                prop_assert!(input.ends_with(rest));
+                let shown = format!("<{p}>");
+                let (again, _) = parse_reverse_path(shown.as_bytes()).unwrap();
+                prop_assert_eq!(again, ReversePath::Path(p));
+            }
+        }
+
+        #[test]
+        fn valid_paths_round_trip_display_then_parse(p in valid_path(), params in "( [A-Z]{1,5}=[a-z0-9]{1,5}){0,3}") {
+            let shown = format!("<{p}>{params}");
+            let (got, rest) = parse_forward_path(shown.as_bytes())
+                .unwrap_or_else(|e| panic!("{shown}: {e:?}"));
+            prop_assert_eq!(got, ForwardPath::Path(p.clone()));
+            prop_assert_eq!(rest, params.as_bytes());
+            let (got, rest) = parse_reverse_path(shown.as_bytes()).unwrap();
+            prop_assert_eq!(got, ReversePath::Path(p));
+            prop_assert_eq!(rest, params.as_bytes());
+        }
+    }
+}

@@ -764,3 +764,179 @@ fn unexpected(reply: &Reply) -> Reply {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Server lines: the usual replies, the odd ones, and garbage.
+    fn server_reply() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            3 => Just(b"220 mx ESMTP\r\n".to_vec()),
+            3 => Just(b"250 2.0.0 ok\r\n".to_vec()),
+            2 => Just(b"250-mx\r\n250-PIPELINING\r\n250-SIZE 100\r\n250 8BITMIME\r\n".to_vec()),
+            1 => Just(b"250-mx\r\n250 SMTPUTF8\r\n".to_vec()),
+            3 => Just(b"354 go\r\n".to_vec()),
+            1 => Just(b"421 4.3.2 bye\r\n".to_vec()),
+            1 => Just(b"450 4.2.0 later\r\n".to_vec()),
+            1 => Just(b"550 5.1.1 no\r\n".to_vec()),
+            1 => Just(b"554 5.7.1 go away\r\n".to_vec()),
+            1 => Just(b"500 what\r\n".to_vec()),
+            1 => Just(b"221 bye\r\n".to_vec()),
+            1 => Just(b"garbage\r\n".to_vec()),
+            1 => Just(b"250-continued\r\n".to_vec()),
+            1 => prop::collection::vec(any::<u8>(), 0..12),
+        ]
+    }
+
+    fn transaction() -> impl Strategy<Value = Transaction> {
+        (
+            1usize..5,
+            prop::collection::vec(
+                prop_oneof![
+                    Just(b"\r\n".to_vec()),
+                    Just(b".".to_vec()),
+                    Just(b"\r".to_vec()),
+                    Just(b"\n".to_vec()),
+                    Just(b"text".to_vec())
+                ],
+                0..20,
+            ),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(n, body, eight_bit, smtputf8)| Transaction {
+                reverse_path: "s@a.example".into(),
+                recipients: (0..n).map(|i| format!("r{i}@b.example")).collect(),
+                body: body.concat().into(),
+                eight_bit,
+                smtputf8,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Random replies in random pieces: no panic, and each transaction
+        /// sent gets exactly one outcome with one reply per recipient.
+        #[test]
+        fn every_recipient_gets_exactly_one_reply(
+            replies in prop::collection::vec(server_reply(), 0..30),
+            cuts in prop::collection::vec(any::<usize>(), 0..10),
+            txns in prop::collection::vec(transaction(), 1..4),
+            quit_early in any::<bool>(),
+            opening in 0..3u8,
+        ) {
+            // Most runs get as far as a transaction: a greeting and an EHLO
+            // reply (pipelining or not) first, then the random replies.
+            let mut input = match opening {
+                0 => b"220 mx\r\n250-mx\r\n250 PIPELINING\r\n".to_vec(),
+                1 => b"220 mx\r\n250 mx\r\n".to_vec(),
+                _ => Vec::new(),
+            };
+            input.extend(replies.concat());
+            let mut cuts: Vec<usize> = cuts.iter().map(|&c| c % (input.len() + 1)).collect();
+            cuts.push(input.len());
+            cuts.sort_unstable();
+            let mut client = Client::new("relay.example");
+            let mut txns: VecDeque<Transaction> = txns.into();
+            let mut owed: VecDeque<usize> = VecDeque::new();
+            let mut held = Vec::new();
+            let mut at = 0;
+            let mut closed = false;
+            for cut in cuts {
+                held.extend_from_slice(&input[at..cut]);
+                at = cut;
+                let used = client.receive(&held);
+                prop_assert!(used <= held.len());
+                held.drain(..used);
+                // The loop writes everything it is given.
+                for _ in 0..1000 {
+                    if client.output().is_empty() {
+                        break;
+                    }
+                    let out = std::mem::take(client.output());
+                    prop_assert!(!out.is_empty());
+                }
+                while let Some(event) = client.poll_event() {
+                    match event {
+                        Event::Ready => match txns.pop_front() {
+                            Some(t) if !(quit_early && owed.len() == 1) => {
+                                owed.push_back(t.recipients.len());
+                                client.send(t);
+                            }
+                            _ => client.quit(),
+                        },
+                        Event::Finished(replies) => {
+                            let n = owed.pop_front().expect("an outcome nobody was owed");
+                            prop_assert_eq!(replies.len(), n);
+                        }
+                        Event::Failed { recipients, .. } => {
+                            if let Some(replies) = recipients {
+                                let n = owed.pop_front().expect("an outcome nobody was owed");
+                                prop_assert_eq!(replies.len(), n);
+                            }
+                        }
+                        Event::Closed => closed = true,
+                    }
+                }
+            }
+            // The connection ends: whatever is still in flight is decided.
+            if let Some(replies) = client.fail(Reply::local(451, "4.4.2", "lost")) {
+                let n = owed.pop_front().expect("an outcome nobody was owed");
+                prop_assert_eq!(replies.len(), n);
+            }
+            while let Some(event) = client.poll_event() {
+                if let Event::Finished(replies) | Event::Failed { recipients: Some(replies), .. } = event {
+                    let n = owed.pop_front().expect("an outcome nobody was owed");
+                    prop_assert_eq!(replies.len(), n);
+                }
+            }
+            prop_assert!(owed.is_empty(), "recipients without a reply: {:?}, closed {}", owed, closed);
+        }
+
+        /// Whatever the body holds, the client writes CRLF lines only and
+        /// ends them with exactly one end-of-data line.
+        #[test]
+        fn data_on_the_wire_has_no_bare_line_ends(t in transaction()) {
+            let mut t = t;
+            t.smtputf8 = false;
+            let mut client = Client::new("relay.example");
+            client.receive(b"220 mx\r\n250-mx\r\n250 8BITMIME\r\n");
+            let mut wire = std::mem::take(client.output());
+            prop_assert_eq!(client.poll_event(), Some(Event::Ready));
+            let body = t.body.clone();
+            let n = t.recipients.len();
+            client.send(t);
+            wire.clear();
+            std::mem::take(client.output());
+            client.receive(b"250 ok\r\n");
+            for _ in 0..n {
+                client.receive(b"250 ok\r\n");
+                std::mem::take(client.output());
+            }
+            client.receive(b"354 go\r\n");
+            loop {
+                let out = std::mem::take(client.output());
+                if out.is_empty() {
+                    break;
+                }
+                wire.extend(out);
+            }
+            prop_assert!(wire.ends_with(b"\r\n.\r\n") || wire == b".\r\n");
+            for (i, &b) in wire.iter().enumerate() {
+                if b == b'\n' {
+                    prop_assert_eq!(wire[i - 1], b'\r', "bare LF at {} of {:?}", i, body);
+                }
+                if b == b'\r' {
+                    prop_assert_eq!(wire.get(i + 1), Some(&b'\n'), "bare CR at {} of {:?}", i, body);
+                }
+            }
+            // Exactly one end-of-data line, at the end.
+            let ends = wire.windows(5).filter(|w| w == b"\r\n.\r\n").count()
+                + usize::from(wire.starts_with(b".\r\n"));
+            prop_assert_eq!(ends, 1, "{:?}", String::from_utf8_lossy(&wire));
+        }
+    }
+}

@@ -521,3 +521,85 @@ mod tests {
         assert_eq!(name.as_ptr(), line[5..].as_ptr());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A known verb (any case) and then bytes shaped like arguments.
+    fn command_like() -> impl Strategy<Value = Vec<u8>> {
+        let verb = prop_oneof![
+            Just("HELO "),
+            Just("EHLO "),
+            Just("MAIL FROM:"),
+            Just("mail from: "),
+            Just("RCPT TO:"),
+            Just("rcpt to:"),
+            Just("DATA"),
+            Just("RSET"),
+            Just("NOOP "),
+            Just("VRFY "),
+            Just("QUIT"),
+            Just("EXPN "),
+        ];
+        let piece = prop_oneof![
+            Just(b"<".to_vec()),
+            Just(b">".to_vec()),
+            Just(b"<>".to_vec()),
+            Just(b"@".to_vec()),
+            Just(b" ".to_vec()),
+            Just(b"=".to_vec()),
+            Just(b"SIZE=".to_vec()),
+            Just(b"BODY=".to_vec()),
+            Just(b"8BITMIME".to_vec()),
+            Just(b"SMTPUTF8".to_vec()),
+            Just(b"a@b".to_vec()),
+            Just(b"99999999999999999999999".to_vec()),
+            "[a-z0-9.:,]{1,4}".prop_map(String::into_bytes),
+            any::<u8>().prop_map(|b| vec![b]),
+        ];
+        (verb, prop::collection::vec(piece, 0..20)).prop_map(|(verb, rest)| {
+            let mut line = verb.as_bytes().to_vec();
+            line.extend(rest.concat());
+            line
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn never_panics_on_arbitrary_bytes(line in prop::collection::vec(any::<u8>(), 0..600)) {
+            let _ = parse(&line);
+        }
+
+        #[test]
+        fn never_panics_on_command_like_lines(line in command_like()) {
+            match parse(&line) {
+                // A path that parsed shows itself without line breaks.
+                Ok(Command::Mail { path: ReversePath::Path(p), .. }) => {
+                    prop_assert!(!p.to_string().contains(['\r', '\n']));
+                }
+                Ok(Command::Rcpt { path: ForwardPath::Path(p) }) => {
+                    prop_assert!(!p.to_string().contains(['\r', '\n']));
+                }
+                Ok(Command::Helo(name) | Command::Ehlo(name)) => {
+                    prop_assert!(!name.is_empty());
+                    prop_assert!(!name.contains(['\r', '\n', ' ', '\0']));
+                }
+                _ => {}
+            }
+        }
+
+        #[test]
+        fn verbs_are_case_insensitive(line in command_like(), mask in any::<u64>()) {
+            let flipped: Vec<u8> = line
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| if i < 4 && mask >> i & 1 == 1 { b.to_ascii_lowercase() } else { b })
+                .collect();
+            prop_assert_eq!(parse(&line).is_ok(), parse(&flipped).is_ok());
+        }
+    }
+}

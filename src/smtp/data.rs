@@ -529,3 +529,132 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+    use BareLineEnds::{Normalize, Reject};
+
+    /// Mostly the bytes that matter to framing, some text and some anything.
+    fn data_like() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            3 => Just(b"\r\n".to_vec()),
+            2 => Just(b".".to_vec()),
+            2 => Just(b"\r".to_vec()),
+            2 => Just(b"\n".to_vec()),
+            1 => Just(b"\r\n.\r\n".to_vec()),
+            1 => Just(b"..".to_vec()),
+            2 => "[a-z ]{1,6}".prop_map(String::into_bytes),
+            1 => any::<u8>().prop_map(|b| vec![b]),
+            1 => Just(vec![b'x'; 400]),
+        ];
+        prop::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+    }
+
+    fn mode() -> impl Strategy<Value = BareLineEnds> {
+        prop_oneof![Just(Reject), Just(Normalize)]
+    }
+
+    type Outcome = (Vec<u8>, usize, bool, Result<(), DataError>);
+
+    /// Feeds `input` cut at `cuts` (offsets, any order), as the loop does.
+    fn run(input: &[u8], cuts: &[usize], max: usize, bare: BareLineEnds) -> Outcome {
+        let mut cuts: Vec<usize> = cuts.iter().map(|&c| c % (input.len() + 1)).collect();
+        cuts.push(0);
+        cuts.push(input.len());
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut r = DataReader::new(max, bare);
+        let mut body = Vec::new();
+        let mut consumed = 0;
+        for w in cuts.windows(2) {
+            let (n, done) = r.feed(&input[w[0]..w[1]], &mut body);
+            consumed += n;
+            assert!(body.len() <= max, "body over the limit");
+            if done {
+                return (body, consumed, true, r.finish());
+            }
+            assert_eq!(n, w[1] - w[0], "partial input not consumed whole");
+        }
+        (body, consumed, false, r.finish())
+    }
+
+    /// Where the data ends: just after the first `.` CRLF at a line start.
+    fn end_of(input: &[u8]) -> Option<usize> {
+        if input.starts_with(b".\r\n") {
+            return Some(3);
+        }
+        input
+            .windows(5)
+            .position(|w| w == b"\r\n.\r\n")
+            .map(|p| p + 5)
+    }
+
+    fn has_bare_line_end(body: &[u8]) -> bool {
+        body.iter().enumerate().any(|(i, &b)| {
+            (b == b'\n' && (i == 0 || body[i - 1] != b'\r'))
+                || (b == b'\r' && body.get(i + 1) != Some(&b'\n'))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_split_gives_the_same_as_whole(
+            input in data_like(),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+            max in prop_oneof![Just(usize::MAX), 0usize..200, 200usize..5000],
+            bare in mode(),
+        ) {
+            let whole = run(&input, &[], max, bare);
+            prop_assert_eq!(&run(&input, &cuts, max, bare), &whole);
+            let every: Vec<usize> = (0..input.len()).collect();
+            prop_assert_eq!(&run(&input, &every, max, bare), &whole);
+        }
+
+        #[test]
+        fn ends_exactly_at_the_first_crlf_dot_crlf(
+            input in data_like(),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+            bare in mode(),
+        ) {
+            let (body, consumed, ended, verdict) = run(&input, &cuts, usize::MAX, bare);
+            match end_of(&input) {
+                None => {
+                    prop_assert!(!ended, "ended without CRLF . CRLF");
+                    prop_assert_eq!(consumed, input.len());
+                }
+                Some(end) => {
+                    prop_assert!(ended);
+                    prop_assert_eq!(consumed, end);
+                }
+            }
+            if ended && verdict.is_ok() {
+                // Accepted text is clean CRLF text with short lines.
+                prop_assert!(!has_bare_line_end(&body));
+                prop_assert!(body.is_empty() || body.ends_with(b"\r\n"));
+                for line in body.split(|&b| b == b'\n') {
+                    prop_assert!(line.len() <= MAX_LINE + 1);
+                }
+            }
+            if bare == Normalize && verdict.is_ok() {
+                prop_assert!(!has_bare_line_end(&body));
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_without_the_end_line_never_end(
+            input in prop::collection::vec(any::<u8>(), 0..2000),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+            max in 0usize..3000,
+            bare in mode(),
+        ) {
+            let (body, consumed, ended, _) = run(&input, &cuts, max, bare);
+            prop_assert!(body.len() <= max);
+            prop_assert_eq!(ended, end_of(&input).is_some());
+            prop_assert_eq!(consumed, end_of(&input).unwrap_or(input.len()));
+        }
+    }
+}

@@ -413,3 +413,106 @@ mod tests {
         assert_eq!(odd.class(), Class::Transient);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Lines shaped like replies, well-formed or nearly so.
+    fn reply_like() -> impl Strategy<Value = Vec<u8>> {
+        let line = (
+            prop_oneof![
+                Just("250".to_string()),
+                Just("550".to_string()),
+                Just("421".to_string()),
+                "[0-9]{3}",
+                "[0-9a-z]{0,4}",
+            ],
+            prop_oneof![Just(" "), Just("-"), Just(""), Just("\t")],
+            prop_oneof![
+                Just("2.0.0 ok".to_string()),
+                Just("5.1.1 no".to_string()),
+                "[ -~]{0,20}",
+            ],
+            prop::collection::vec(any::<u8>(), 0..3),
+            prop_oneof![Just("\r\n"), Just("\n"), Just("\r"), Just("")],
+        )
+            .prop_map(|(code, sep, text, junk, end)| {
+                let mut v = format!("{code}{sep}{text}").into_bytes();
+                v.extend(junk);
+                v.extend_from_slice(end.as_bytes());
+                v
+            });
+        prop::collection::vec(line, 0..8).prop_map(|v| v.concat())
+    }
+
+    /// Reads every reply from `input` fed in pieces cut at `cuts`, as the
+    /// client does: unconsumed bytes are kept and fed again with more.
+    fn stream(input: &[u8], cuts: &[usize]) -> Vec<Result<Reply, ReplyError>> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|&c| c % (input.len() + 1)).collect();
+        cuts.push(input.len());
+        cuts.sort_unstable();
+        let mut held = Vec::new();
+        let mut out = Vec::new();
+        let mut at = 0;
+        for cut in cuts {
+            held.extend_from_slice(&input[at..cut]);
+            at = cut;
+            loop {
+                match parse(&held) {
+                    Ok(None) => break,
+                    Ok(Some((reply, used))) => {
+                        assert!(used > 0 && used <= held.len());
+                        held.drain(..used);
+                        out.push(Ok(reply));
+                    }
+                    Err(e) => {
+                        out.push(Err(e));
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn never_panics_on_arbitrary_bytes(input in prop::collection::vec(any::<u8>(), 0..1000)) {
+            if let Ok(Some((reply, used))) = parse(&input) {
+                prop_assert!(used <= input.len());
+                prop_assert!((200..600).contains(&reply.code));
+                prop_assert!(!reply.to_string().contains(['\r', '\n']));
+            }
+        }
+
+        #[test]
+        fn a_prefix_is_incomplete_or_the_same_as_the_whole(input in reply_like()) {
+            let whole = parse(&input);
+            for at in 0..input.len() {
+                match parse(&input[..at]) {
+                    Ok(None) => {}
+                    other => prop_assert_eq!(&other, &whole, "cut at {}", at),
+                }
+            }
+        }
+
+        #[test]
+        fn any_chunking_reads_the_same_replies(
+            input in reply_like(),
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let whole = stream(&input, &[]);
+            prop_assert_eq!(&stream(&input, &cuts), &whole);
+            for reply in whole.iter().flatten() {
+                prop_assert!(!reply.to_string().contains(['\r', '\n']));
+                for line in &reply.lines {
+                    prop_assert!(!line.chars().any(char::is_control));
+                }
+            }
+        }
+    }
+}

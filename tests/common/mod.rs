@@ -248,3 +248,47 @@ pub fn connect_from(source: &str, addr: SocketAddr) -> std::io::Result<Client> {
     let reader = BufReader::new(stream.try_clone()?);
     Ok(Client { stream, reader })
 }
+
+/// Raises this process's RLIMIT_NOFILE soft limit to its hard limit (a
+/// `mailhop` spawned afterwards inherits it); returns the new soft limit.
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    lim.rlim_cur
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), 0 if unknown.
+pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One whole transaction as a well-behaved client, to `rcpt`; returns the
+/// final reply and how long the session took from connect to QUIT.
+pub fn one_transaction(addr: SocketAddr, rcpt: &str) -> (String, Duration) {
+    let start = Instant::now();
+    let mut c = Client::connect(addr);
+    expect(&c.reply(), "220");
+    expect(&c.cmd("EHLO normal.test"), "250");
+    expect(&c.cmd("MAIL FROM:<normal@client.test>"), "250");
+    expect(&c.cmd(&format!("RCPT TO:<{rcpt}>")), "250");
+    expect(&c.cmd("DATA"), "354");
+    c.send(b"Subject: normal\r\n\r\nstill served\r\n.\r\n");
+    let reply = c.reply();
+    c.cmd("QUIT");
+    (reply, start.elapsed())
+}
