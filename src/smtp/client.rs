@@ -878,6 +878,8 @@ mod proptests {
                                 prop_assert_eq!(replies.len(), n);
                             }
                         }
+                        // TLS is off for this client: never asked for.
+                        Event::StartTls => prop_assert!(false, "STARTTLS without TLS"),
                         Event::Closed => closed = true,
                     }
                 }

@@ -26,7 +26,12 @@ pub struct Mailhop {
 /// Writes `config` (TOML, without `listen`/`queue`, which are added) into
 /// `dir` and starts the relay on a free loopback port.
 pub fn start_in(dir: &Path, config: &str) -> Mailhop {
-    let text = format!("listen = [\"127.0.0.1:0\"]\nqueue = \"queue.db\"\n{config}");
+    let mut text = format!("listen = [\"127.0.0.1:0\"]\nqueue = \"queue.db\"\n{config}");
+    if !config.contains("[dns]") {
+        // Tests stay on loopback: names nobody serves fail fast here
+        // instead of going to the system's resolver.
+        text.push_str("\n[dns]\nservers = [\"127.0.0.1:9\"]\n");
+    }
     std::fs::write(dir.join("mailhop.toml"), text).unwrap();
     spawn(
         dir,
