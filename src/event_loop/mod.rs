@@ -323,7 +323,7 @@ impl Server {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.runnable.is_empty() || !self.to_commit.is_empty() || !self.turn.is_empty() {
+        if !self.runnable.is_empty() || !self.to_commit.is_empty() || self.turn.urgent() {
             return Some(Duration::ZERO);
         }
         let scan = self.shutdown.is_none().then_some(self.next_scan);
@@ -331,6 +331,7 @@ impl Server {
             self.deadlines.first().map(|d| d.0),
             self.out_deadlines.first().map(|d| d.0),
             self.resolver.next_timeout(),
+            self.turn.due(),
             self.shutdown,
             self.accept_paused_until,
             scan,
@@ -376,6 +377,16 @@ impl Server {
         if self.to_commit.is_empty() && self.turn.is_empty() {
             return;
         }
+        // Delivery outcomes alone may wait a moment for company: while
+        // only next hops are talking, that keeps an fsync out of every
+        // round trip. Nothing anyone waits on is ever held back.
+        let outcomes_may_wait = self.to_commit.is_empty()
+            && !self.turn.urgent()
+            && self.shutdown.is_none()
+            && self.turn.due().is_some_and(|due| due > self.now);
+        if outcomes_may_wait {
+            return;
+        }
         let (keys, inbound): (Vec<usize>, Vec<Message>) =
             std::mem::take(&mut self.to_commit).into_iter().unzip();
         let Turn {
@@ -384,6 +395,7 @@ impl Server {
             hold_backs,
             warned,
             generated,
+            since,
         } = std::mem::take(&mut self.turn);
         let batch = Batch {
             messages: inbound.iter().chain(&generated).collect(),
@@ -439,6 +451,7 @@ impl Server {
                     hold_backs,
                     warned,
                     generated,
+                    since,
                 };
             }
         }

@@ -281,6 +281,9 @@ impl Server {
     /// once per message, what is late (a delay warning). Mail from `<>` is
     /// never reported on.
     fn report(&mut self, job: &Job, settled: Settled) {
+        if self.turn.outcomes.is_empty() {
+            self.turn.since = Some(self.now);
+        }
         self.turn.outcomes.extend(settled.outcomes);
         let message = &job.message;
         if message.sender.is_empty() {
@@ -403,9 +406,32 @@ pub(super) struct Turn {
     pub(super) warned: Vec<String>,
     /// Bounces and delay warnings we made.
     pub(super) generated: Vec<Message>,
+    /// When the oldest uncommitted outcome was decided.
+    pub(super) since: Option<std::time::Instant>,
 }
 
+/// How long delivery outcomes may wait to share a commit, and how many.
+const OUTCOMES_WAIT: Duration = Duration::from_millis(5);
+const OUTCOMES_BATCH: usize = 256;
+
 impl Turn {
+    /// Something that should not wait: mail we made, host states, or a
+    /// full batch of outcomes.
+    pub(super) fn urgent(&self) -> bool {
+        !self.generated.is_empty()
+            || !self.hosts.is_empty()
+            || !self.hold_backs.is_empty()
+            || !self.warned.is_empty()
+            || self.outcomes.len() >= OUTCOMES_BATCH
+    }
+
+    /// When waiting outcomes must be committed at the latest.
+    pub(super) fn due(&self) -> Option<std::time::Instant> {
+        self.since
+            .filter(|_| !self.outcomes.is_empty())
+            .map(|t| t + OUTCOMES_WAIT)
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.outcomes.is_empty()
             && self.hosts.is_empty()
