@@ -31,7 +31,8 @@ fuzz_target!(|input: &[u8]| {
     let chunk = usize::from(shape) + 1;
     let mut ids = QueueIds::default();
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    let mut session = Session::new(settings, "192.0.2.9".parse().unwrap());
+    let mut failures = mailhop::auth::Failures::default();
+    let mut session = Session::new(settings, "192.0.2.9".parse().unwrap(), false);
     let mut held = Vec::new();
     let mut written = Vec::new();
     let mut commits = 0u32;
@@ -45,6 +46,7 @@ fuzz_target!(|input: &[u8]| {
                 settings,
                 now,
                 ids: &mut ids,
+                auth_failures: &mut failures,
             };
             let used = session.receive(&held, &mut env);
             assert!(used <= held.len());
