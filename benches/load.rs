@@ -45,7 +45,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let args = Args::parse_from(argv);
-    raise_nofile_limit();
+    if let Err(e) = mailhop::event_loop::raise_fd_limit() {
+        eprintln!("load: could not raise the open-file limit: {e}");
+    }
 
     if let Some(port) = args.sink {
         return sink_mode(&args, port);
@@ -147,22 +149,4 @@ fn sink_mode(args: &Args, port: u16) -> ExitCode {
         println!("{v}");
     }
     ExitCode::SUCCESS
-}
-
-/// Thousands of sockets: soft RLIMIT_NOFILE up to the hard limit.
-fn raise_nofile_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a valid struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                eprintln!("load: could not raise the open-file limit");
-            }
-        }
-    }
 }

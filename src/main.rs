@@ -71,7 +71,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Some(hostname) = args.hostname {
         config.hostname = hostname;
     }
-    raise_fd_limit();
+    if let Err(e) = event_loop::raise_fd_limit() {
+        warn!("cannot raise the open file limit: {e}");
+    }
     let queue = match Queue::open(&config.queue) {
         Ok(queue) => queue,
         Err(e) => {
@@ -141,22 +143,4 @@ fn config_name(config: &Config) -> String {
 fn fatal(message: &str) -> ExitCode {
     error!("{message}");
     ExitCode::FAILURE
-}
-
-/// Thousands of sessions need thousands of descriptors: take the hard limit.
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                warn!("cannot raise the open file limit");
-            }
-        }
-    }
 }

@@ -257,18 +257,7 @@ pub fn connect_from(source: &str, addr: SocketAddr) -> std::io::Result<Client> {
 /// Raises this process's RLIMIT_NOFILE soft limit to its hard limit (a
 /// `mailhop` spawned afterwards inherits it); returns the new soft limit.
 pub fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a valid struct.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-    }
-    lim.rlim_cur
+    mailhop::event_loop::raise_fd_limit().unwrap_or(1024)
 }
 
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), 0 if unknown.
