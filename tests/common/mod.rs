@@ -383,8 +383,20 @@ pub struct SmtpSink {
 }
 
 impl SmtpSink {
-    /// `Err(why)` when smtp-sink is not installed or does not start.
+    /// `Err(why)` when smtp-sink is not installed or does not start (three
+    /// tries, in case another process took the free port in between).
     pub fn start() -> Result<SmtpSink, String> {
+        let mut why = String::new();
+        for _ in 0..3 {
+            match SmtpSink::start_once() {
+                Ok(sink) => return Ok(sink),
+                Err(e) => why = e,
+            }
+        }
+        Err(why)
+    }
+
+    fn start_once() -> Result<SmtpSink, String> {
         let program = find_program("smtp-sink")
             .ok_or("smtp-sink is not installed (apt-get install postfix)")?;
         let dir = tempdir();
@@ -410,9 +422,13 @@ impl SmtpSink {
             counter,
             _dir: dir,
         };
-        if !wait_listening(addr, Duration::from_secs(10)) {
-            let status = sink.child.try_wait().ok().flatten();
-            return Err(format!("smtp-sink is not listening on {addr} ({status:?})"));
+        let listening = wait_listening(addr, Duration::from_secs(10));
+        // Still running: the listener is its own, not someone else's.
+        if let Ok(Some(status)) = sink.child.try_wait() {
+            return Err(format!("smtp-sink exited on {addr}: {status}"));
+        }
+        if !listening {
+            return Err(format!("smtp-sink is not listening on {addr}"));
         }
         Ok(sink)
     }
@@ -475,8 +491,26 @@ impl Postfix {
     /// Starts an instance with `main_cf` appended to the base settings
     /// (later lines win, e.g. `relayhost = [127.0.0.1]:PORT`). `Err(why)`
     /// when it cannot run here: not installed, not root, no `postfix` user
-    /// or `postdrop` group, or the start fails (the log is in the message).
+    /// or `postdrop` group, or the start fails three times (a fresh port and
+    /// folder each time; the log is in the message).
     pub fn start(main_cf: &str) -> Result<Postfix, String> {
+        let mut why = String::new();
+        for _ in 0..3 {
+            match Postfix::start_once(main_cf) {
+                Ok(instance) => return Ok(instance),
+                Err(e)
+                    if e.starts_with("postfix start failed")
+                        || e.starts_with("postfix is not listening") =>
+                {
+                    why = e
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(why)
+    }
+
+    fn start_once(main_cf: &str) -> Result<Postfix, String> {
         let postfix =
             find_program("postfix").ok_or("postfix is not installed (apt-get install postfix)")?;
         if !is_root() {
