@@ -286,3 +286,435 @@ pub fn one_transaction(addr: SocketAddr, rcpt: &str) -> (String, Duration) {
     c.cmd("QUIT");
     (reply, start.elapsed())
 }
+
+// ---- Real peers: Postfix and its smtp-sink / smtp-source (tests/peers.rs) ----
+
+/// A program on PATH or in the sbin folders (Postfix installs there), which a
+/// non-login PATH may leave out.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"])
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file());
+    found
+}
+
+/// A loopback port that was free a moment ago (for programs that cannot be
+/// told to bind port 0 and report it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (bounded) until `addr` accepts a TCP connection.
+pub fn wait_listening(addr: SocketAddr, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs `cmd` to completion, killing it after `limit`; `None` on timeout.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Option<ExitStatus> {
+    let mut child = cmd.spawn().ok()?;
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn user_ids(name: &str) -> Option<(u32, u32)> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getpwnam(3) with a valid C string; the fields are copied out
+    // at once (tests do not call getpw* concurrently with each other's use).
+    unsafe {
+        let pw = libc::getpwnam(cname.as_ptr());
+        (!pw.is_null()).then(|| ((*pw).pw_uid, (*pw).pw_gid))
+    }
+}
+
+fn group_exists(name: &str) -> bool {
+    let cname = std::ffi::CString::new(name).unwrap();
+    // SAFETY: getgrnam(3) with a valid C string; only the null check is used.
+    unsafe { !libc::getgrnam(cname.as_ptr()).is_null() }
+}
+
+/// Postfix's `smtp-sink` on a loopback port, counting messages (`-c`) and
+/// storing nothing; killed when dropped.
+pub struct SmtpSink {
+    pub addr: SocketAddr,
+    child: Child,
+    counter: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    /// `Err(why)` when smtp-sink is not installed or does not start (three
+    /// tries, in case another process took the free port in between).
+    pub fn start() -> Result<SmtpSink, String> {
+        let mut why = String::new();
+        for _ in 0..3 {
+            match SmtpSink::start_once() {
+                Ok(sink) => return Ok(sink),
+                Err(e) => why = e,
+            }
+        }
+        Err(why)
+    }
+
+    fn start_once() -> Result<SmtpSink, String> {
+        let program = find_program("smtp-sink")
+            .ok_or("smtp-sink is not installed (apt-get install postfix)")?;
+        let dir = tempdir();
+        let counter = dir.path().join("smtp-sink.out");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(program);
+        if is_root() {
+            // smtp-sink refuses to run as root without a user to become.
+            cmd.args(["-u", "nobody"]);
+        }
+        let child = cmd
+            .args(["-c", "-m", "1000"])
+            .arg(addr.to_string())
+            .arg("1024")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&counter).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("smtp-sink does not start: {e}"))?;
+        let mut sink = SmtpSink {
+            addr,
+            child,
+            counter,
+            _dir: dir,
+        };
+        let listening = wait_listening(addr, Duration::from_secs(10));
+        // Still running: the listener is its own, not someone else's.
+        if let Ok(Some(status)) = sink.child.try_wait() {
+            return Err(format!("smtp-sink exited on {addr}: {status}"));
+        }
+        if !listening {
+            return Err(format!("smtp-sink is not listening on {addr}"));
+        }
+        Ok(sink)
+    }
+
+    /// Messages received so far: the last `mesg=N` smtp-sink has written.
+    pub fn messages(&self) -> u64 {
+        let out = std::fs::read(&self.counter).unwrap_or_default();
+        let text = String::from_utf8_lossy(&out);
+        text.rsplit("mesg=")
+            .next()
+            .filter(|_| text.contains("mesg="))
+            .map(|rest| {
+                rest.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+            })
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits (bounded) until `n` messages have arrived; returns the count.
+    pub fn wait_messages(&self, n: u64, limit: Duration) -> u64 {
+        let start = Instant::now();
+        loop {
+            let got = self.messages();
+            if got >= n || start.elapsed() > limit {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private Postfix instance: its own config, queue and data folders in a
+/// temporary folder, smtpd on a free 127.0.0.1 port, no DNS, no TLS, no
+/// local delivery, short queue delays. `postfix abort` and removed when
+/// dropped; a watchdog does the same if the test process dies first.
+pub struct Postfix {
+    /// Where its smtpd listens.
+    pub addr: SocketAddr,
+    postfix: PathBuf,
+    conf: PathBuf,
+    log: PathBuf,
+    master: Option<i32>,
+    watchdog: Option<Child>,
+    root: tempfile::TempDir,
+}
+
+/// `myhostname` of every private instance (it appears in its Received lines).
+pub const POSTFIX_HOSTNAME: &str = "postfix.peers.test";
+
+impl Postfix {
+    /// Starts an instance with `main_cf` appended to the base settings
+    /// (later lines win, e.g. `relayhost = [127.0.0.1]:PORT`). `Err(why)`
+    /// when it cannot run here: not installed, not root, no `postfix` user
+    /// or `postdrop` group, or the start fails three times (a fresh port and
+    /// folder each time; the log is in the message).
+    pub fn start(main_cf: &str) -> Result<Postfix, String> {
+        let mut why = String::new();
+        for _ in 0..3 {
+            match Postfix::start_once(main_cf) {
+                Ok(instance) => return Ok(instance),
+                Err(e)
+                    if e.starts_with("postfix start failed")
+                        || e.starts_with("postfix is not listening") =>
+                {
+                    why = e
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(why)
+    }
+
+    fn start_once(main_cf: &str) -> Result<Postfix, String> {
+        let postfix =
+            find_program("postfix").ok_or("postfix is not installed (apt-get install postfix)")?;
+        if !is_root() {
+            return Err("a private Postfix instance needs root".into());
+        }
+        let (uid, gid) = user_ids("postfix").ok_or("no postfix user")?;
+        if !group_exists("postdrop") {
+            return Err("no postdrop group".into());
+        }
+        let root = tempfile::Builder::new()
+            .prefix("mailhop-postfix-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let base = root.path().to_path_buf();
+        use std::os::unix::fs::PermissionsExt;
+        // Postfix's daemons run as the postfix user and must reach the queue.
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (conf, spool, data) = (base.join("conf"), base.join("spool"), base.join("data"));
+        for dir in [&conf, &spool, &data] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::os::unix::fs::chown(&data, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+        let log = base.join("maillog");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let base_s = base.display();
+        std::fs::write(
+            conf.join("main.cf"),
+            format!(
+                "# private instance of mailhop's tests/peers.rs
+compatibility_level = 3.6
+queue_directory = {base_s}/spool
+data_directory = {base_s}/data
+maillog_file_prefixes = {base_s}
+maillog_file = {log}
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = {POSTFIX_HOSTNAME}
+mydomain = peers.test
+myorigin = $myhostname
+mydestination =
+local_recipient_maps =
+local_transport = error:no local delivery in this instance
+alias_maps =
+alias_database =
+biff = no
+append_dot_mydomain = no
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_peername_lookup = no
+smtp_dns_support_level = disabled
+smtp_host_lookup = native
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+smtp_connect_timeout = 5s
+in_flow_delay = 0
+queue_run_delay = 1s
+minimal_backoff_time = 1s
+maximal_backoff_time = 2s
+{main_cf}
+",
+                log = log.display()
+            ),
+        )
+        .unwrap();
+        // No chroot anywhere (it would need /etc files copied into the queue).
+        std::fs::write(
+            conf.join("master.cf"),
+            format!(
+                "127.0.0.1:{port} inet n - n - - smtpd
+pickup     unix  n - n 60 1 pickup
+cleanup    unix  n - n -  0 cleanup
+qmgr       unix  n - n 300 1 qmgr
+rewrite    unix  - - n -  - trivial-rewrite
+bounce     unix  - - n -  0 bounce
+defer      unix  - - n -  0 bounce
+trace      unix  - - n -  0 bounce
+verify     unix  - - n -  1 verify
+flush      unix  n - n 1000? 0 flush
+proxymap   unix  - - n -  - proxymap
+proxywrite unix  - - n -  1 proxymap
+smtp       unix  - - n -  - smtp
+relay      unix  - - n -  - smtp
+showq      unix  n - n -  - showq
+error      unix  - - n -  - error
+retry      unix  - - n -  - error
+discard    unix  - - n -  - discard
+anvil      unix  - - n -  1 anvil
+scache     unix  - - n -  1 scache
+postlog    unix-dgram n - n - 1 postlogd
+"
+            ),
+        )
+        .unwrap();
+        let mut instance = Postfix {
+            addr,
+            postfix,
+            conf,
+            log,
+            master: None,
+            watchdog: None,
+            root,
+        };
+        // If this test process dies without running Drop, stop the instance
+        // and remove its folder (bounded: 5 minutes at most).
+        let script = format!(
+            "for i in $(seq 1 300); do kill -0 {test} 2>/dev/null || break; sleep 1; done; \
+             '{postfix}' -c '{conf}' abort; sleep 2; rm -rf '{base_s}'",
+            test = std::process::id(),
+            postfix = instance.postfix.display(),
+            conf = instance.conf.display(),
+        );
+        use std::os::unix::process::CommandExt;
+        instance.watchdog = Command::new("sh")
+            .args(["-c", &script])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+        // Output to a file, not a pipe: the master daemon may keep it open.
+        let out = base.join("postfix-start.out");
+        let status = run_bounded(
+            Command::new(&instance.postfix)
+                .arg("-c")
+                .arg(&instance.conf)
+                .arg("start")
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&out).unwrap())
+                .stderr(std::fs::File::create(base.join("postfix-start.err")).unwrap()),
+            Duration::from_secs(30),
+        );
+        instance.master = std::fs::read_to_string(spool.join("pid/master.pid"))
+            .ok()
+            .and_then(|pid| pid.trim().parse().ok());
+        if status.map(|s| s.success()) != Some(true) {
+            return Err(format!(
+                "postfix start failed ({status:?}):\n{}",
+                instance.log()
+            ));
+        }
+        if !wait_listening(addr, Duration::from_secs(10)) {
+            return Err(format!(
+                "postfix is not listening on {addr}:\n{}",
+                instance.log()
+            ));
+        }
+        Ok(instance)
+    }
+
+    /// Its log so far (`maillog_file`).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.root.path()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = run_bounded(
+            Command::new(&self.postfix)
+                .arg("-c")
+                .arg(&self.conf)
+                .arg("abort")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            Duration::from_secs(10),
+        );
+        if let Some(pid) = self.master {
+            // The master leads its own process group: wait for it, then
+            // kill what is left of that group (only processes it started).
+            let alive = |pid: i32| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| {
+                        !s.rsplit(')')
+                            .next()
+                            .unwrap_or("")
+                            .trim_start()
+                            .starts_with('Z')
+                    })
+                    .unwrap_or(false)
+            };
+            let start = Instant::now();
+            while alive(pid) && start.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if alive(pid) {
+                // SAFETY: kill(2) on the group of the master this test started.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
+        }
+        if let Some(mut watchdog) = self.watchdog.take() {
+            // SAFETY: kill(2) on the watchdog's own process group.
+            unsafe { libc::kill(-(watchdog.id() as i32), libc::SIGKILL) };
+            let _ = watchdog.wait();
+        }
+    }
+}
