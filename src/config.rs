@@ -471,7 +471,9 @@ impl Validator<'_> {
         )?;
 
         let tls = self.tls(raw.tls)?;
-        if let Some(a) = tls.implicit_listen.iter().find(|a| listen.contains(a)) {
+        // Port 0 asks the system for a free port each time: never a clash.
+        let clash = |a: &&SocketAddr| a.port() != 0 && listen.contains(a);
+        if let Some(a) = tls.implicit_listen.iter().find(clash) {
             return Err(self.err("tls.implicit_listen", format!("{a} is also in listen")));
         }
 
@@ -569,7 +571,7 @@ impl Validator<'_> {
                     ))
                 }
             };
-            if out.contains(&addr) {
+            if addr.port() != 0 && out.contains(&addr) {
                 return Err(self.err(&k, format!("{addr} is listed twice")));
             }
             out.push(addr);

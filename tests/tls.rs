@@ -118,17 +118,13 @@ fn secure_relay(dir: &Path) -> (Mailhop, CertificateDer<'static>, SocketAddr) {
     let line = passwd(USER, PASSWORD);
     assert!(line.starts_with("alice:$argon2id$"), "{line}");
     std::fs::write(dir.join("users"), line).unwrap();
-    let implicit = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
     let mailhop = start_in(
         dir,
-        &format!(
-            "hostname = \"beta.test\"\nrelay_networks = []\nlocal_domains = [\"beta.test\"]\nlocal_users = [\"jones\"]\nmaildir = \"/dev/null/mail\"\n\
-             [tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\nimplicit_listen = [\"{implicit}\"]\n[auth]\nusers_file = \"users\"\n"
-        ),
+        "hostname = \"beta.test\"\nrelay_networks = []\nlocal_domains = [\"beta.test\"]\nlocal_users = [\"jones\"]\nmaildir = \"/dev/null/mail\"\n\
+         [tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\nimplicit_listen = [\"127.0.0.1:0\"]\n[auth]\nusers_file = \"users\"\n",
     );
+    // The second listener is the implicit-TLS one; port 0 picks it.
+    let implicit = mailhop.listening(2)[1];
     (mailhop, cert, implicit)
 }
 

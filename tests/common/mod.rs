@@ -115,6 +115,24 @@ impl Mailhop {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// Every address from the `listening on` lines, in order, once there
+    /// are `n` of them (listeners bound to port 0 tell their port here).
+    pub fn listening(&self, n: usize) -> Vec<SocketAddr> {
+        let start = Instant::now();
+        loop {
+            let addrs: Vec<SocketAddr> = self
+                .log()
+                .lines()
+                .filter_map(|l| l.split("listening on ").nth(1))
+                .filter_map(|a| a.trim().parse().ok())
+                .collect();
+            if addrs.len() >= n || start.elapsed() > Duration::from_secs(20) {
+                return addrs;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Mailhop {
