@@ -34,8 +34,11 @@ CREATE TABLE recipients (
     forward_path TEXT NOT NULL,               -- full, with any source route
     next_hop     TEXT NOT NULL,               -- 'local', a [routes] target, or the MX domain
     status       TEXT NOT NULL DEFAULT 'queued'
-        CHECK (status IN ('queued', 'deferred', 'active', 'held',
-                          'delivered', 'bounced', 'expired', 'deleted')),
+        -- Comparisons, not IN: SQLite builds a temporary b-tree for an IN
+        -- list of more than two constants each time a row is written.
+        CHECK (status = 'queued' OR status = 'deferred' OR status = 'active'
+               OR status = 'held' OR status = 'delivered' OR status = 'bounced'
+               OR status = 'expired' OR status = 'deleted'),
     attempts     INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     next_attempt TEXT NOT NULL
         CHECK (next_attempt GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]Z'),
@@ -59,7 +62,7 @@ SELECT m.id, m.sender, r.recipient, r.next_hop, r.status, r.attempts,
        r.next_attempt, r.last_reply, m.size, m.received_at
 FROM recipients AS r
 JOIN messages AS m ON m.id = r.message_id
-WHERE r.status IN ('queued', 'deferred', 'active', 'held');
+WHERE (r.status = 'queued' OR r.status = 'deferred' OR r.status = 'active' OR r.status = 'held');
 
 -- Public, stable interface: one row per recipient in a final state.
 CREATE VIEW deliveries AS
@@ -67,4 +70,4 @@ SELECT m.id, m.sender, r.recipient, r.next_hop, r.status, r.attempts,
        r.last_reply AS reply, r.finished_at
 FROM recipients AS r
 JOIN messages AS m ON m.id = r.message_id
-WHERE r.status IN ('delivered', 'bounced', 'expired', 'deleted');
+WHERE (r.status = 'delivered' OR r.status = 'bounced' OR r.status = 'expired' OR r.status = 'deleted');

@@ -181,7 +181,7 @@ impl Admin {
              WHERE id = ?1 AND length(body) > 0
                AND NOT EXISTS (SELECT 1 FROM recipients
                                WHERE message_id = ?1
-                                 AND status IN ('queued', 'deferred', 'active', 'held'))",
+                                 AND (status = 'queued' OR status = 'deferred' OR status = 'active' OR status = 'held'))",
             [id],
         )
         .map_err(sql("drop body"))?;

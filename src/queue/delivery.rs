@@ -30,7 +30,7 @@ pub(super) const NEXT_DUE_SQL: &str = "SELECT min(next_attempt) FROM recipients
 /// list is repeated so `recipients_pending_hop` serves the `next_hop` lookup.
 pub(super) const HOLD_BACK_SQL: &str = "UPDATE recipients SET next_attempt = ?2, last_reply = ?3
      WHERE next_hop = ?1
-       AND status IN ('queued', 'deferred', 'active', 'held')
+       AND (status = 'queued' OR status = 'deferred' OR status = 'active' OR status = 'held')
        AND status IN ('queued', 'deferred') AND next_attempt < ?2";
 
 /// A deferral; `delete_requested` (set by `mailhop queue delete` while the
@@ -44,7 +44,7 @@ const DEFERRED_SQL: &str = "UPDATE recipients
                            THEN 'deleted by operator (last attempt: ' || ?3 || ')'
                            ELSE ?3 END,
          next_attempt = ?2, attempts = attempts + ?4
-     WHERE id = ?1 AND status IN ('queued', 'deferred', 'active', 'held')";
+     WHERE id = ?1 AND (status = 'queued' OR status = 'deferred' OR status = 'active' OR status = 'held')";
 
 /// Applies everything of `batch` but its new messages, inside the caller's
 /// transaction.
@@ -161,7 +161,7 @@ fn drop_body_if_done(conn: &Connection, id: &str) -> Result<(), QueueError> {
          WHERE id = ?1 AND length(body) > 0
            AND NOT EXISTS (SELECT 1 FROM recipients
                            WHERE message_id = ?1
-                             AND status IN ('queued', 'deferred', 'active', 'held'))",
+                             AND (status = 'queued' OR status = 'deferred' OR status = 'active' OR status = 'held'))",
     )
     .and_then(|mut stmt| stmt.execute([id]))
     .map_err(|e| QueueError(format!("queue: dropping body of {id}: {e}")))?;
@@ -325,7 +325,7 @@ impl Queue {
         let old: Vec<(i64, String)> = tx
             .prepare_cached(
                 "SELECT id, message_id FROM recipients
-                 WHERE status IN ('delivered', 'bounced', 'expired', 'deleted')
+                 WHERE (status = 'delivered' OR status = 'bounced' OR status = 'expired' OR status = 'deleted')
                    AND finished_at < ?1
                  ORDER BY finished_at
                  LIMIT ?2",

@@ -124,7 +124,7 @@ impl Admin {
                 "SELECT m.id, m.sender, m.size, m.received_at, r.recipient, r.next_hop,
                         r.status, r.attempts, r.next_attempt, r.last_reply
                  FROM recipients AS r JOIN messages AS m ON m.id = r.message_id
-                 WHERE r.status IN ('queued', 'deferred', 'active', 'held')
+                 WHERE (r.status = 'queued' OR r.status = 'deferred' OR r.status = 'active' OR r.status = 'held')
                  ORDER BY m.received_at, m.id, r.id",
             )
             .map_err(sql("prepare list"))?;
@@ -253,7 +253,7 @@ impl Admin {
                 "SELECT r.next_hop, r.status,
                         (unixepoch(?1) - unixepoch(m.received_at)) / 60, count(*)
                  FROM recipients AS r JOIN messages AS m ON m.id = r.message_id
-                 WHERE r.status IN ('queued', 'deferred', 'active', 'held')
+                 WHERE (r.status = 'queued' OR r.status = 'deferred' OR r.status = 'active' OR r.status = 'held')
                  GROUP BY 1, 2, 3",
             )
             .and_then(|mut stmt| {
