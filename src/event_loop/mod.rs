@@ -157,8 +157,6 @@ pub struct Server {
     jobs_in_memory: usize,
     /// Next hops that could not be reached, until their retry time.
     hosts: HashMap<String, HostHealth>,
-    /// Next hops already recorded as up in this run.
-    hosts_seen: hashbrown::HashSet<String>,
     /// Messages whose delay warning went out in this run.
     warned: hashbrown::HashSet<String>,
     turn: Turn,
@@ -257,7 +255,6 @@ impl Server {
             jobs: HashMap::new(),
             jobs_in_memory: 0,
             hosts: HashMap::new(),
-            hosts_seen: hashbrown::HashSet::new(),
             warned: hashbrown::HashSet::new(),
             turn: Turn::default(),
             next_scan: Instant::now(),

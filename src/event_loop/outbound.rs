@@ -497,25 +497,19 @@ impl Server {
         }
     }
 
+    /// A session with the hop got through its greeting: the `hosts` view
+    /// says `up` (an upsert per new connection, not per message).
     fn hop_up(&mut self, hop: &str) {
         if let Some(health) = self.hosts.remove(hop) {
             info!("{hop} is up again after {} failure(s)", health.failures);
-            self.turn.hosts.push(crate::queue::HostUpdate {
-                next_hop: hop.to_string(),
-                up: true,
-                failures: 0,
-                last_error: None,
-                next_retry: None,
-            });
-        } else if self.hosts_seen.insert(hop.to_string()) {
-            self.turn.hosts.push(crate::queue::HostUpdate {
-                next_hop: hop.to_string(),
-                up: true,
-                failures: 0,
-                last_error: None,
-                next_retry: None,
-            });
         }
+        self.turn.hosts.push(crate::queue::HostUpdate {
+            next_hop: hop.to_string(),
+            up: true,
+            failures: 0,
+            last_error: None,
+            next_retry: None,
+        });
     }
 
     pub(super) fn out_quit(&mut self, key: usize) {

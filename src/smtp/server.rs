@@ -154,7 +154,20 @@ impl Session {
     /// A new session, its greeting already in the output. `tls`: the
     /// connection is already encrypted (an RFC 8314 implicit-TLS listener).
     pub fn new(settings: &Settings, client: IpAddr, tls: bool) -> Session {
-        let mut session = Session {
+        let mut session = Session::silent(client, tls);
+        session.out.extend_from_slice(settings.greeting.as_bytes());
+        session
+    }
+
+    /// Turned away at connect time (too many connections): one reply, close.
+    pub fn refuse(settings: &Settings, client: IpAddr, text: &str) -> Session {
+        let mut session = Session::silent(client, false);
+        session.close_with(&format!("421 4.7.0 {} {text}", settings.hostname));
+        session
+    }
+
+    fn silent(client: IpAddr, tls: bool) -> Session {
+        Session {
             state: State::Fresh,
             client: client.to_canonical(),
             helo: String::new(),
@@ -167,17 +180,7 @@ impl Session {
             user: None,
             out: Vec::new(),
             accepted: None,
-        };
-        session.out.extend_from_slice(settings.greeting.as_bytes());
-        session
-    }
-
-    /// Turned away at connect time (too many connections): one reply, close.
-    pub fn refuse(settings: &Settings, client: IpAddr, text: &str) -> Session {
-        let mut session = Session::new(settings, client, false);
-        session.out.clear();
-        session.close_with(&format!("421 4.7.0 {} {text}", settings.hostname));
-        session
+        }
     }
 
     /// Bytes waiting to be written to the client; the caller drains it.
