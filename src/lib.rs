@@ -16,6 +16,7 @@ pub mod config;
 pub mod delivery;
 pub mod dns;
 pub mod event_loop;
+pub mod logbuf;
 pub mod message;
 pub mod policy;
 pub mod queue;

@@ -192,6 +192,95 @@ fn recipients_for_one_host_share_a_transaction_and_connections_are_reused() {
 }
 
 #[test]
+fn the_next_message_is_pipelined_behind_the_dot_and_each_keeps_its_outcome() {
+    // The first end of data is answered slowly, so the rest queue up
+    // behind it on the one connection allowed. Every fourth is refused 451
+    // (the retry gets 250): outcomes must stay with their own message
+    // while the next one is already on the wire.
+    let ends = Arc::new(AtomicUsize::new(0));
+    let e = ends.clone();
+    let sink = Sink::start_with(
+        "127.0.0.1:0",
+        Arc::new(move |stage, _, _| {
+            if stage != Stage::EndOfData {
+                return None;
+            }
+            let k = e.fetch_add(1, Ordering::SeqCst);
+            if k == 0 {
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+            (k % 4 == 1).then(|| "451 4.3.0 not this one".to_string())
+        }),
+    );
+    let dir = tempdir();
+    let config = relay_config(&sink.addr, "[outbound]\nmax_connections_per_host = 1\n");
+    let alpha = start_in(dir.path(), &config);
+    const N: usize = 40;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        ids.push(send(
+            &alpha,
+            "s@sender.test",
+            &["u@example.org"],
+            format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes(),
+        ));
+    }
+    let got = sink.wait_for(N, WAIT);
+    assert_eq!(got.len(), N, "{}", alpha.log());
+    let mut subjects: Vec<String> = got
+        .iter()
+        .map(|t| {
+            let data = without_received(&t.data);
+            let text = String::from_utf8_lossy(&data).to_string();
+            text.lines().next().unwrap_or("").to_string()
+        })
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects.len(), N, "each message exactly once: {subjects:?}");
+    // All but the first two (and retries after a pause) behind the dot.
+    let behind = got.iter().filter(|t| t.behind_the_dot).count();
+    assert!(
+        behind >= N / 2,
+        "only {behind} of {N} pipelined behind the dot"
+    );
+    let db = open_queue(&alpha.queue_path());
+    let start = std::time::Instant::now();
+    while rows(
+        &db,
+        "SELECT count(*) FROM deliveries WHERE status = 'delivered'",
+    ) != [N.to_string()]
+        && start.elapsed() < WAIT
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Each refusal is recorded against the message whose dot it answered:
+    // every message has exactly one 250, last, and the 451s add up to the
+    // refusals the sink made. (An outcome given to the wrong message would
+    // resend a delivered one: the sink would hold a duplicate.)
+    let mut refusals = 0;
+    for id in &ids {
+        let replies = rows(
+            &db,
+            &format!("SELECT substr(reply, 1, 3) FROM attempts WHERE id = '{id}' ORDER BY finished_at, reply DESC"),
+        );
+        assert_eq!(
+            replies.last().map(String::as_str),
+            Some("250"),
+            "attempts of {id}"
+        );
+        assert!(
+            replies[..replies.len() - 1].iter().all(|r| r == "451"),
+            "attempts of {id}: {replies:?}"
+        );
+        refusals += replies.len() - 1;
+    }
+    assert!(refusals > 0);
+    assert_eq!(refusals + N, ends.load(Ordering::SeqCst));
+    assert_eq!(sink.count(), N, "a message was delivered twice");
+}
+
+#[test]
 fn a_next_hop_down_then_up_gets_the_mail_on_retry() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -14,7 +14,7 @@ use std::time::Instant;
 use log::debug;
 use mio::{Interest, Token};
 
-use super::{write_out, Server, Transport, DNS_BASE};
+use super::{write_out, Readiness, Server, Transport, DNS_BASE};
 use crate::smtp::server::{Env, Session};
 
 /// Input a session may hold unconsumed: a partial command line is at most
@@ -34,6 +34,8 @@ pub(super) struct Conn {
     inbuf: Vec<u8>,
     readable: bool,
     writable: bool,
+    /// The peer's FIN has been seen in an event (see `Transport::drained`).
+    read_closed: bool,
     eof: bool,
     pub(super) last_active: Instant,
     /// The entry this connection has in `Server::deadlines`.
@@ -116,6 +118,7 @@ impl Server {
                 inbuf: Vec::new(),
                 readable: false,
                 writable: true,
+                read_closed: false,
                 eof: false,
                 last_active: self.now,
                 deadline,
@@ -127,12 +130,13 @@ impl Server {
         }
     }
 
-    pub(super) fn conn_event(&mut self, key: usize, readable: bool, writable: bool) {
+    pub(super) fn conn_event(&mut self, key: usize, ready: Readiness) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        conn.readable |= readable;
-        conn.writable |= writable;
+        conn.readable |= ready.readable;
+        conn.writable |= ready.writable;
+        conn.read_closed |= ready.read_closed;
         self.drive(key);
     }
 
@@ -198,6 +202,12 @@ impl Server {
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
                     conn.last_active = self.now;
+                    if conn
+                        .transport
+                        .drained(n, self.scratch.len(), conn.read_closed)
+                    {
+                        conn.readable = false;
+                    }
                     let input = &self.scratch[..n];
                     if conn.inbuf.is_empty() {
                         let used = conn.session.receive(input, &mut env);

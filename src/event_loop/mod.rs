@@ -286,13 +286,21 @@ impl Server {
     }
 
     /// Runs until a shutdown signal has been handled; Ok means a clean stop.
-    pub fn run(mut self) -> io::Result<()> {
+    pub fn run(self) -> io::Result<()> {
+        crate::logbuf::start_gathering();
+        let result = self.run_loop();
+        crate::logbuf::stop_gathering();
+        result
+    }
+
+    fn run_loop(mut self) -> io::Result<()> {
         for addr in self.local_addrs() {
             info!("listening on {addr}");
         }
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
+            crate::logbuf::flush();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e);
@@ -304,18 +312,12 @@ impl Server {
                 match event.token() {
                     WAKER => self.check_signals(),
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
-                    Token(t) if (OUT_BASE..LISTENER_BASE).contains(&t) => self.out_event(
-                        t - OUT_BASE,
-                        event.is_readable() || event.is_read_closed() || event.is_error(),
-                        event.is_writable() || event.is_write_closed() || event.is_error(),
-                    ),
+                    Token(t) if (OUT_BASE..LISTENER_BASE).contains(&t) => {
+                        self.out_event(t - OUT_BASE, Readiness::of(event))
+                    }
                     Token(t) if (DNS_BASE..OUT_BASE).contains(&t) => self.dns_event(t - DNS_BASE),
                     // Hang-ups and errors surface through the next read.
-                    Token(key) => self.conn_event(
-                        key,
-                        event.is_readable() || event.is_read_closed() || event.is_error(),
-                        event.is_writable() || event.is_write_closed(),
-                    ),
+                    Token(key) => self.conn_event(key, Readiness::of(event)),
                 }
             }
             self.run_runnable();
@@ -519,6 +521,27 @@ impl Server {
             warn!("accept failed: {e}; pausing accepts for {ACCEPT_RETRY:?}");
         }
         self.accept_paused_until = Some(self.now + ACCEPT_RETRY);
+    }
+}
+
+/// What one event says about a session's socket.
+#[derive(Clone, Copy)]
+struct Readiness {
+    /// Hang-ups and errors count: they surface through the next read.
+    readable: bool,
+    writable: bool,
+    /// The peer's FIN (or an error) has arrived: read until EOF, since no
+    /// new edge will come for it.
+    read_closed: bool,
+}
+
+impl Readiness {
+    fn of(event: &mio::event::Event) -> Readiness {
+        Readiness {
+            readable: event.is_readable() || event.is_read_closed() || event.is_error(),
+            writable: event.is_writable() || event.is_write_closed() || event.is_error(),
+            read_closed: event.is_read_closed() || event.is_error(),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{write_out, Server, Transport, OUT_BASE};
+use super::{write_out, Readiness, Server, Transport, OUT_BASE};
 use crate::queue::{Lease, StoredMessage};
 use crate::smtp::client::{Client, Event, TlsPolicy, Transaction, Wait};
 use crate::smtp::reply::Reply;
@@ -67,7 +67,12 @@ pub(super) struct OutConn {
     inbuf: Vec<u8>,
     readable: bool,
     writable: bool,
+    /// The peer's FIN has been seen in an event (see `Transport::drained`).
+    read_closed: bool,
     job: Option<Job>,
+    /// The hop's next job, pipelined behind `job`'s final dot
+    /// (`Client::may_send_next`); it becomes `job` when that is answered.
+    next: Option<Job>,
     pub(super) idle: bool,
     pub(super) deadline: Instant,
 }
@@ -161,7 +166,9 @@ impl Server {
             inbuf: Vec::new(),
             readable: false,
             writable: false,
+            read_closed: false,
             job: None,
+            next: None,
             idle: false,
             deadline,
         });
@@ -169,12 +176,13 @@ impl Server {
         debug!("connecting to {hop} [{addr}] as outbound {key}");
     }
 
-    pub(super) fn out_event(&mut self, key: usize, readable: bool, writable: bool) {
+    pub(super) fn out_event(&mut self, key: usize, ready: Readiness) {
         let Some(conn) = self.out.get_mut(key) else {
             return;
         };
-        conn.readable |= readable;
-        conn.writable |= writable;
+        conn.readable |= ready.readable;
+        conn.writable |= ready.writable;
+        conn.read_closed |= ready.read_closed;
         self.drive_out(key);
     }
 
@@ -215,6 +223,7 @@ impl Server {
                 acted = true;
                 self.client_event(key, event);
             }
+            self.pipeline_next(key);
             let Some(conn) = self.out.get_mut(key) else {
                 return;
             };
@@ -264,6 +273,12 @@ impl Server {
                         return self.out_failed(key, reply);
                     }
                     conn.inbuf.extend_from_slice(&self.scratch[..n]);
+                    if conn
+                        .transport
+                        .drained(n, self.scratch.len(), conn.read_closed)
+                    {
+                        conn.readable = false;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -316,8 +331,10 @@ impl Server {
             }
             Event::Finished(replies) => {
                 let conn = &mut self.out[key];
-                if let Some(job) = conn.job.take() {
-                    let remote = conn.label.clone();
+                let remote = conn.label.clone();
+                // A pipelined next job is the one on the wire now.
+                let next = conn.next.take();
+                if let Some(job) = std::mem::replace(&mut conn.job, next) {
                     self.settle_job(
                         job,
                         &replies,
@@ -331,9 +348,13 @@ impl Server {
                 let conn = &mut self.out[key];
                 let greeted = conn.greeted;
                 let (hop, addr, label) = (conn.hop.clone(), conn.addr, conn.label.clone());
-                if let Some(job) = conn.job.take() {
+                let (job, next) = (conn.job.take(), conn.next.take());
+                if let Some(job) = job {
                     let replies = recipients.unwrap_or_default();
                     self.settle_job(job, &replies, reply.clone(), Some(&label), None);
+                }
+                if let Some(next) = next {
+                    self.settle_job(next, &[], reply.clone(), Some(&label), None);
                 }
                 self.close_out(key);
                 if !greeted {
@@ -392,6 +413,28 @@ impl Server {
         }
     }
 
+    /// Sends the hop's next waiting job right behind the final dot of the
+    /// current one, when the client may (PIPELINING): one round trip per
+    /// message instead of two.
+    fn pipeline_next(&mut self, key: usize) {
+        let Some(conn) = self.out.get_mut(key) else {
+            return;
+        };
+        if conn.next.is_some() || self.shutdown.is_some() || !conn.client.may_send_next() {
+            return;
+        }
+        let Some(mut job) = self.jobs.get_mut(&conn.hop).and_then(VecDeque::pop_front) else {
+            return;
+        };
+        job.started_at = self.wall;
+        conn.client.send(transaction(
+            &job,
+            &self.settings.hostname,
+            self.honor_routes,
+        ));
+        conn.next = Some(job);
+    }
+
     /// The connection broke (EOF, reset, timeout) outside the protocol.
     pub(super) fn out_failed(&mut self, key: usize, reply: Reply) {
         let Some(conn) = self.out.get_mut(key) else {
@@ -404,7 +447,8 @@ impl Server {
             conn.greeted,
             conn.label.clone(),
         );
-        if let Some(job) = conn.job.take() {
+        let (job, next) = (conn.job.take(), conn.next.take());
+        if let Some(job) = job {
             self.settle_job(
                 job,
                 &recipients.unwrap_or_default(),
@@ -412,6 +456,10 @@ impl Server {
                 Some(&label),
                 None,
             );
+        }
+        // Sent behind the dot, never answered: the failure decides it.
+        if let Some(next) = next {
+            self.settle_job(next, &[], reply.clone(), Some(&label), None);
         }
         self.close_out(key);
         if !greeted {
@@ -428,7 +476,7 @@ impl Server {
         let conn = self.out.remove(key);
         self.out_deadlines.remove(&(conn.deadline, key));
         debug!("closed outbound {key} to {} [{}]", conn.hop, conn.addr);
-        if let Some(job) = conn.job {
+        for job in [conn.job, conn.next].into_iter().flatten() {
             // Only when stopping: the lease stays active and is retried
             // after the restart.
             self.jobs_in_memory -= 1;

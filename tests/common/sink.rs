@@ -22,6 +22,9 @@ pub struct Transaction {
     pub data: Vec<u8>,
     /// Which connection (0, 1, ...) carried it.
     pub connection: usize,
+    /// Its MAIL was already here when the previous end of data was read:
+    /// the client pipelined it behind the dot.
+    pub behind_the_dot: bool,
 }
 
 /// Decides the reply to RCPT (by its argument) and to the end of data (by
@@ -119,6 +122,7 @@ fn serve(
     }
     let mut helo = String::new();
     let mut txn: Option<Transaction> = None;
+    let mut after_dot = false;
     loop {
         let mut line = Vec::new();
         if input.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
@@ -138,6 +142,7 @@ fn serve(
                 helo: helo.clone(),
                 mail_from: text[10..].to_string(),
                 connection,
+                behind_the_dot: after_dot,
                 ..Transaction::default()
             });
             "250 2.1.0 Ok".to_string()
@@ -163,6 +168,7 @@ fn serve(
                             return;
                         }
                         if l == b".\r\n" {
+                            after_dot = !input.buffer().is_empty();
                             break;
                         }
                         t.raw.extend_from_slice(&l);

@@ -28,6 +28,9 @@ fn r(s: impl AsRef<[u8]>) -> Step {
 #[derive(Clone)]
 enum Action {
     Send(Transaction),
+    /// Sent as soon as `may_send_next` allows (behind the final dot), or
+    /// on `Ready`.
+    SendNext(Transaction),
     Quit,
 }
 
@@ -71,13 +74,20 @@ impl Driver {
             while let Some(event) = self.client.poll_event() {
                 if event == Event::Ready {
                     match self.actions.pop_front() {
-                        Some(Action::Send(t)) => self.client.send(t),
+                        Some(Action::Send(t) | Action::SendNext(t)) => self.client.send(t),
                         Some(Action::Quit) => self.client.quit(),
                         None => {}
                     }
                 }
                 self.events.push(event);
                 moved = true;
+            }
+            if self.client.may_send_next() {
+                if let Some(Action::SendNext(t)) = self.actions.front().cloned() {
+                    self.actions.pop_front();
+                    self.client.send(t);
+                    moved = true;
+                }
             }
             let out = self.client.output();
             assert!(out.len() <= HIGH_WATER + 4, "output grew to {}", out.len());
@@ -1216,4 +1226,159 @@ fn a_trickled_reply_is_found() {
         held.drain(..used);
         assert!(held.len() < 70_000);
     }
+}
+
+#[test]
+fn next_transaction_pipelined_behind_the_dot() {
+    let one = txn(&["b@y.example"], b"one\r\n");
+    let mut two = txn(&["c@z.example", "d@z.example"], b"two\r\n");
+    two.reverse_path = String::new();
+    let steps = script(
+        EHLO_PIPE,
+        vec![
+            w("MAIL FROM:<a@x.example> SIZE=5\r\nRCPT TO:<b@y.example>\r\nDATA\r\n"),
+            r("250 ok\r\n250 ok\r\n354 go\r\n"),
+            // One write: the dot, then the next envelope (RFC 2920 3.1).
+            w("one\r\n.\r\nMAIL FROM:<> SIZE=5\r\nRCPT TO:<c@z.example>\r\nRCPT TO:<d@z.example>\r\nDATA\r\n"),
+            Step::Waiting(Some(Wait::DataDone)),
+            r("250 one\r\n250 ok\r\n550 5.1.1 no\r\n250 ok\r\n"),
+            Step::Waiting(Some(Wait::DataInit)),
+            r("354 go\r\n"),
+            w("two\r\n.\r\n"),
+            r("451 4.3.0 try later\r\n"),
+            w("QUIT\r\n"),
+            r("221 bye\r\n"),
+        ],
+    );
+    assert_eq!(
+        dialogue(&steps, &[send(&one), Action::SendNext(two), Action::Quit]),
+        [
+            Event::Ready,
+            // No Ready in between: the next transaction was already sent.
+            Event::Finished(replies(&["250 one"])),
+            Event::Finished(replies(&["550 5.1.1 no", "451 4.3.0 try later"])),
+            Event::Ready,
+            Event::Closed
+        ]
+    );
+}
+
+#[test]
+fn nothing_is_pipelined_without_pipelining_or_accepted_recipients() {
+    let one = txn(&["b@y.example"], b"one\r\n");
+    let two = txn(&["c@z.example"], b"two\r\n");
+    // Without PIPELINING the next MAIL waits for the dot's reply.
+    let steps = script(
+        EHLO_PLAIN,
+        vec![
+            w("MAIL FROM:<a@x.example> SIZE=5\r\n"),
+            r("250 ok\r\n"),
+            w("RCPT TO:<b@y.example>\r\n"),
+            r("250 ok\r\n"),
+            w("DATA\r\n"),
+            r("354 go\r\n"),
+            w("one\r\n.\r\n"),
+            r("250 one\r\n"),
+            w("MAIL FROM:<a@x.example> SIZE=5\r\n"),
+        ],
+    );
+    let mut driver = Driver::new(&[send(&one), Action::SendNext(two.clone())], usize::MAX);
+    driver.play(&steps, Feed::Whole);
+    // A 354 with every recipient refused: the empty message's dot is
+    // answered and an RSET follows before anything else goes out.
+    let steps = script(
+        EHLO_PIPE,
+        vec![
+            w("MAIL FROM:<a@x.example> SIZE=5\r\nRCPT TO:<b@y.example>\r\nDATA\r\n"),
+            r("250 ok\r\n550 5.1.1 no\r\n354 go\r\n"),
+            w(".\r\n"),
+            r("250 empty\r\n"),
+            w("RSET\r\n"),
+            r("250 ok\r\n"),
+            w("MAIL FROM:<a@x.example> SIZE=5\r\nRCPT TO:<c@z.example>\r\nDATA\r\n"),
+        ],
+    );
+    let mut driver = Driver::new(&[send(&one), Action::SendNext(two)], usize::MAX);
+    driver.play(&steps, Feed::Whole);
+}
+
+#[test]
+fn failure_before_the_dot_is_answered_reports_only_the_first() {
+    let one = txn(&["b@y.example"], b"one\r\n");
+    let two = txn(&["c@z.example"], b"two\r\n");
+    let sent = || {
+        vec![
+            w("MAIL FROM:<a@x.example> SIZE=5\r\nRCPT TO:<b@y.example>\r\nDATA\r\n"),
+            r("250 ok\r\n250 ok\r\n354 go\r\n"),
+            w("one\r\n.\r\nMAIL FROM:<a@x.example> SIZE=5\r\nRCPT TO:<c@z.example>\r\nDATA\r\n"),
+        ]
+    };
+    // A 421 instead of the dot's reply.
+    let mut steps = sent();
+    steps.push(r("421 4.3.2 going down\r\n"));
+    let down = reply("421 4.3.2 going down");
+    assert_eq!(
+        dialogue(
+            &script(EHLO_PIPE, steps),
+            &[send(&one), Action::SendNext(two.clone())]
+        ),
+        [
+            Event::Ready,
+            Event::Failed {
+                reply: down.clone(),
+                recipients: Some(vec![down])
+            }
+        ]
+    );
+    // The connection breaks: `fail` decides the first only.
+    let lost = Reply::local(451, "4.4.2", "lost");
+    let mut steps = sent();
+    steps.push(Step::Fail(lost.clone(), Some(vec![lost])));
+    dialogue(
+        &script(EHLO_PIPE, steps),
+        &[send(&one), Action::SendNext(two)],
+    );
+}
+
+/// A client past its 354 with the next transaction queued behind the dot,
+/// nothing of either written yet.
+fn dot_and_next_unwritten() -> Client {
+    let mut client = Client::new("relay.example");
+    client.receive(format!("{GREETING}{EHLO_PIPE}").as_bytes());
+    client.output().clear();
+    assert_eq!(client.poll_event(), Some(Event::Ready));
+    client.send(txn(&["b@y.example"], b"one\r\n"));
+    client.output().clear();
+    client.receive(b"250 ok\r\n250 ok\r\n354 go\r\n");
+    assert!(client.may_send_next());
+    client.send(txn(&["c@z.example"], b"two\r\n"));
+    assert!(!client.may_send_next());
+    assert_eq!(
+        client.output(),
+        b"one\r\n.\r\nMAIL FROM:<a@x.example> SIZE=5\r\nRCPT TO:<c@z.example>\r\nDATA\r\n"
+    );
+    client
+}
+
+#[test]
+fn the_dot_is_answered_only_once_it_is_written() {
+    // A reply before the dot is on the wire answers nothing we asked.
+    let mut client = dot_and_next_unwritten();
+    assert_eq!(client.waiting(), Some(Wait::DataBlock));
+    client.receive(b"250 one\r\n");
+    let Some(Event::Failed { reply, .. }) = client.poll_event() else {
+        panic!("a reply before the dot was written was taken")
+    };
+    assert_eq!(reply.status(), "4.5.0");
+    // The dot written, the next envelope not yet: the reply is the dot's.
+    let mut client = dot_and_next_unwritten();
+    client.output().drain(..b"one\r\n.\r\n".len());
+    assert_eq!(client.waiting(), Some(Wait::DataDone));
+    client.receive(b"250 one\r\n");
+    assert_eq!(
+        client.poll_event(),
+        Some(Event::Finished(replies(&["250 one"])))
+    );
+    assert_eq!(client.poll_event(), None);
+    assert_eq!(client.waiting(), Some(Wait::Command));
 }
