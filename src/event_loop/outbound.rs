@@ -69,6 +69,8 @@ pub(super) struct OutConn {
     writable: bool,
     /// The peer's FIN has been seen in an event (see `Transport::drained`).
     read_closed: bool,
+    /// In `Server::out_ready`.
+    ready_queued: bool,
     job: Option<Job>,
     /// The hop's next job, pipelined behind `job`'s final dot
     /// (`Client::may_send_next`); it becomes `job` when that is answered.
@@ -167,6 +169,7 @@ impl Server {
             readable: false,
             writable: false,
             read_closed: false,
+            ready_queued: false,
             job: None,
             next: None,
             idle: false,
@@ -176,6 +179,7 @@ impl Server {
         debug!("connecting to {hop} [{addr}] as outbound {key}");
     }
 
+    /// Notes what the event says; the session is driven in `run_outbound`.
     pub(super) fn out_event(&mut self, key: usize, ready: Readiness) {
         let Some(conn) = self.out.get_mut(key) else {
             return;
@@ -183,7 +187,24 @@ impl Server {
         conn.readable |= ready.readable;
         conn.writable |= ready.writable;
         conn.read_closed |= ready.read_closed;
-        self.drive_out(key);
+        if !conn.ready_queued {
+            conn.ready_queued = true;
+            self.out_ready.push_back(key);
+        }
+    }
+
+    /// Drives the outbound sessions that had events, once per commit
+    /// turn: while the loop gathers inbound sessions for a group commit
+    /// (`Server::keep_gathering`), delivery waits, so under a burst the
+    /// clients are answered first and the queue absorbs the difference,
+    /// which is what it is for. Between bursts delivery has the loop.
+    pub(super) fn run_outbound(&mut self) {
+        while let Some(key) = self.out_ready.pop_front() {
+            if let Some(conn) = self.out.get_mut(key) {
+                conn.ready_queued = false;
+                self.drive_out(key);
+            }
+        }
     }
 
     /// Moves one outbound session as far as it goes now.
