@@ -21,15 +21,29 @@ use crate::smtp::reply::Reply;
 
 /// Leased jobs held in memory at once (waiting or in flight).
 pub(super) const MAX_JOBS: usize = 2000;
+/// While at least this many jobs are in memory, a backlog is leased only
+/// once this much room has come free: each lease is a transaction of its
+/// own (an fsync), which one per few finished jobs would make the pace.
+const LEASE_CHUNK: usize = MAX_JOBS / 4;
 /// Look at the queue at least this often, for changes made from outside.
 const SCAN_EVERY: Duration = Duration::from_secs(2);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const PRUNE_ROWS: usize = 1000;
 
 impl Server {
+    /// Whether a scan may lease now (see `LEASE_CHUNK`); until then the
+    /// scan waits for jobs to finish, which wakes the loop anyway.
+    pub(super) fn room_to_lease(&self) -> bool {
+        self.jobs_in_memory < LEASE_CHUNK
+            || MAX_JOBS.saturating_sub(self.jobs_in_memory) >= LEASE_CHUNK
+    }
+
     /// Leases due work when it is time, and starts it.
     pub(super) fn schedule(&mut self) {
         if self.shutdown.is_some() || self.now < self.next_scan {
+            return;
+        }
+        if !self.room_to_lease() {
             return;
         }
         self.notice_operator_retries();
