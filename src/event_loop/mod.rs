@@ -143,6 +143,9 @@ pub struct Server {
     runnable: Vec<usize>,
     /// The latest commit of the messages in `to_commit` (`keep_gathering`).
     gather_until: Option<Instant>,
+    /// Inbound sessions had events since outbound ones last moved
+    /// (`run_outbound`).
+    clients_waiting: bool,
     /// Outbound sessions with readiness not yet acted on, in arrival
     /// order (see `run_outbound`).
     out_ready: std::collections::VecDeque<usize>,
@@ -240,6 +243,7 @@ impl Server {
             to_commit: Vec::new(),
             runnable: Vec::new(),
             gather_until: None,
+            clients_waiting: false,
             out_ready: std::collections::VecDeque::new(),
             waker,
             signals: Arc::new(AtomicUsize::new(0)),
@@ -332,6 +336,7 @@ impl Server {
                     // Hang-ups and errors surface through the next read.
                     Token(key) => {
                         inbound_events = true;
+                        self.clients_waiting = true;
                         self.conn_event(key, Readiness::of(event))
                     }
                 }
@@ -350,7 +355,8 @@ impl Server {
                 continue;
             }
             self.commit();
-            self.run_outbound();
+            let clients_waiting = std::mem::take(&mut self.clients_waiting);
+            self.run_outbound(clients_waiting);
             self.schedule();
             self.commit();
             if let Some(deadline) = self.shutdown {

@@ -19,6 +19,11 @@ use crate::smtp::reply::Reply;
 
 /// How long a connection waits, idle, for another message to the same hop.
 pub(super) const IDLE_KEEP: Duration = Duration::from_secs(5);
+/// Outbound sessions moved per loop turn while clients are waiting
+/// (`run_outbound`). Measured (accept, reused connections, c=100): with no
+/// limit a burst was accepted at 17-18k msg/s, forwarding 13k of each 20k
+/// meanwhile; with 4, at 22-24k msg/s, and end to end was unchanged.
+const OUT_PER_BUSY_TURN: usize = 4;
 
 /// Leased recipients of one message for one next hop, with the message.
 pub(super) struct Job {
@@ -193,16 +198,27 @@ impl Server {
         }
     }
 
-    /// Drives the outbound sessions that had events, once per commit
-    /// turn: while the loop gathers inbound sessions for a group commit
-    /// (`Server::keep_gathering`), delivery waits, so under a burst the
-    /// clients are answered first and the queue absorbs the difference,
-    /// which is what it is for. Between bursts delivery has the loop.
-    pub(super) fn run_outbound(&mut self) {
-        while let Some(key) = self.out_ready.pop_front() {
+    /// Drives the outbound sessions that had events, oldest first, once
+    /// per commit turn. Clients come first: while inbound sessions kept
+    /// the turn busy (`clients_waiting`), at most `OUT_PER_BUSY_TURN` move
+    /// and the rest wait for the next turn, so a burst is answered at the
+    /// speed of accepting alone and the queue absorbs the difference,
+    /// which is what it is for. Delivery never stops (that many move every
+    /// turn) and has the whole loop as soon as the burst ends.
+    pub(super) fn run_outbound(&mut self, clients_waiting: bool) {
+        let mut budget = if clients_waiting {
+            OUT_PER_BUSY_TURN
+        } else {
+            usize::MAX
+        };
+        while budget > 0 {
+            let Some(key) = self.out_ready.pop_front() else {
+                break;
+            };
             if let Some(conn) = self.out.get_mut(key) {
                 conn.ready_queued = false;
                 self.drive_out(key);
+                budget -= 1;
             }
         }
     }
