@@ -281,6 +281,54 @@ fn the_next_message_is_pipelined_behind_the_dot_and_each_keeps_its_outcome() {
 }
 
 #[test]
+fn delivery_goes_on_while_clients_keep_the_relay_busy() {
+    // Clients come first under a burst, but delivery must never stop:
+    // while 20 clients send without pause, mail reaches the next hop.
+    let sink = Sink::start();
+    let dir = tempdir();
+    let alpha = start_in(dir.path(), &relay_config(&sink.addr, ""));
+    let addr = alpha.listening(1)[0];
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..20)
+        .map(|i| {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                expect(&c.reply(), "220");
+                expect(&c.cmd("EHLO client.test"), "250");
+                while !stop.load(Ordering::SeqCst) {
+                    expect(&c.cmd("MAIL FROM:<s@sender.test>"), "250");
+                    expect(&c.cmd("RCPT TO:<u@example.org>"), "250");
+                    expect(&c.cmd("DATA"), "354");
+                    c.send(format!("Subject: {i}\r\n\r\nbusy\r\n.\r\n").as_bytes());
+                    expect(&c.reply(), "250");
+                    sent.fetch_add(1, Ordering::SeqCst);
+                }
+                c.cmd("QUIT");
+            })
+        })
+        .collect();
+    // Until the next hop has some, or 20 s; the clients never pause.
+    let start = std::time::Instant::now();
+    while sink.count() < 50 && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let during = sink.count();
+    let sent_by_then = sent.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().unwrap();
+    }
+    assert!(
+        during >= 50,
+        "only {during} of {sent_by_then} delivered while clients were sending"
+    );
+    let total = sent.load(Ordering::SeqCst);
+    assert_eq!(sink.wait_for(total, WAIT).len(), total, "{}", alpha.log());
+}
+
+#[test]
 fn a_next_hop_down_then_up_gets_the_mail_on_retry() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
