@@ -443,12 +443,14 @@ impl Server {
         };
         match job {
             Some(mut job) => {
-                job.started_at = self.wall;
-                conn.client.send(transaction(
-                    &job,
-                    &self.settings.hostname,
+                let hostname = &self.settings.hostname;
+                send_job(
+                    &mut conn.client,
+                    &mut job,
+                    self.wall,
+                    hostname,
                     self.honor_routes,
-                ));
+                );
                 conn.job = Some(job);
                 conn.idle = false;
             }
@@ -470,12 +472,14 @@ impl Server {
         let Some(mut job) = self.jobs.get_mut(&conn.hop).and_then(VecDeque::pop_front) else {
             return;
         };
-        job.started_at = self.wall;
-        conn.client.send(transaction(
-            &job,
-            &self.settings.hostname,
+        let hostname = &self.settings.hostname;
+        send_job(
+            &mut conn.client,
+            &mut job,
+            self.wall,
+            hostname,
             self.honor_routes,
-        ));
+        );
         conn.next = Some(job);
     }
 
@@ -645,6 +649,18 @@ impl Server {
 
 /// Bytes of server replies we hold while waiting for the end of one.
 const MAX_REPLY_BUFFER: usize = 128 * 1024;
+
+/// Hands `job` to the client: its attempt starts now.
+fn send_job(
+    client: &mut Client,
+    job: &mut Job,
+    now: SystemTime,
+    hostname: &str,
+    honor_routes: bool,
+) {
+    job.started_at = now;
+    client.send(transaction(job, hostname, honor_routes));
+}
 
 /// The transaction for a job. With honoured source routes, a relay puts
 /// itself at the front of the reverse-path when it forwards along a route
