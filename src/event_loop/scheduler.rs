@@ -40,10 +40,11 @@ impl Server {
 
     /// Leases due work when it is time, and starts it.
     pub(super) fn schedule(&mut self) {
-        if self.shutdown.is_some() || self.now < self.next_scan {
+        if self.shutdown.is_some() {
             return;
         }
-        if !self.room_to_lease() {
+        self.prune_when_due();
+        if self.now < self.next_scan || !self.room_to_lease() {
             return;
         }
         self.notice_operator_retries();
@@ -89,17 +90,23 @@ impl Server {
             // Stored times have whole seconds: never spin inside one.
             self.now + wait.max(Duration::from_millis(200))
         };
-        if self.now >= self.next_prune {
-            self.next_prune = self.now + PRUNE_EVERY;
-            let before = self
-                .wall
-                .checked_sub(self.retry.history_retention)
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            match self.queue.prune(before, PRUNE_ROWS) {
-                Ok(0) => {}
-                Ok(n) => info!("pruned {n} rows of history"),
-                Err(e) => error!("pruning history: {e}"),
-            }
+    }
+
+    /// History older than `history_retention` goes, a bounded slice at a
+    /// time, once a minute.
+    fn prune_when_due(&mut self) {
+        if self.now < self.next_prune {
+            return;
+        }
+        self.next_prune = self.now + PRUNE_EVERY;
+        let before = self
+            .wall
+            .checked_sub(self.retry.history_retention)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        match self.queue.prune(before, PRUNE_ROWS) {
+            Ok(0) => {}
+            Ok(n) => info!("pruned {n} rows of history"),
+            Err(e) => error!("pruning history: {e}"),
         }
     }
 
