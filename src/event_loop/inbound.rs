@@ -2,7 +2,7 @@
 //! write its replies, close.
 //!
 //! Sockets are registered once for READABLE | WRITABLE (edge-triggered) and
-//! never re-registered; `readable` / `writable` remember an edge until a
+//! never re-registered; `Readiness` remembers an edge until a
 //! `WouldBlock` consumes it. What the session wants decides whether we read
 //! (see `Session::wants_input`), which is the backpressure against clients
 //! that pipeline without reading, without an `epoll_ctl` per state change.
@@ -32,10 +32,7 @@ pub(super) struct Conn {
     ip: IpAddr,
     /// Input read but not yet consumed by the session.
     inbuf: Vec<u8>,
-    readable: bool,
-    writable: bool,
-    /// The peer's FIN has been seen in an event (see `Transport::drained`).
-    read_closed: bool,
+    ready: Readiness,
     eof: bool,
     pub(super) last_active: Instant,
     /// The entry this connection has in `Server::deadlines`.
@@ -116,9 +113,12 @@ impl Server {
                 session: Session::new(&self.settings, ip, implicit_tls),
                 ip,
                 inbuf: Vec::new(),
-                readable: false,
-                writable: true,
-                read_closed: false,
+                // Writable until a write would block: the greeting goes
+                // out at once.
+                ready: Readiness {
+                    writable: true,
+                    ..Readiness::default()
+                },
                 eof: false,
                 last_active: self.now,
                 deadline,
@@ -134,9 +134,7 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        conn.readable |= ready.readable;
-        conn.writable |= ready.writable;
-        conn.read_closed |= ready.read_closed;
+        conn.ready.note(ready);
         self.drive(key);
     }
 
@@ -162,10 +160,11 @@ impl Server {
                     self.to_commit.push((key, message));
                 }
             }
-            if conn.writable && (!conn.session.output().is_empty() || conn.transport.wants_flush())
+            if conn.ready.writable
+                && (!conn.session.output().is_empty() || conn.transport.wants_flush())
             {
                 match write_out(&mut conn.transport, conn.session.output()) {
-                    Ok(blocked) => conn.writable = !blocked,
+                    Ok(blocked) => conn.ready.writable = !blocked,
                     Err(_) => {
                         failed = true;
                         break;
@@ -189,7 +188,7 @@ impl Server {
                     }
                 }
             }
-            let may_read = conn.readable
+            let may_read = conn.ready.readable
                 && !conn.eof
                 && budget > 0
                 && conn.session.wants_input()
@@ -202,12 +201,8 @@ impl Server {
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
                     conn.last_active = self.now;
-                    if conn
-                        .transport
-                        .drained(n, self.scratch.len(), conn.read_closed)
-                    {
-                        conn.readable = false;
-                    }
+                    conn.ready
+                        .after_read(n, self.scratch.len(), &conn.transport);
                     let input = &self.scratch[..n];
                     if conn.inbuf.is_empty() {
                         let used = conn.session.receive(input, &mut env);
@@ -219,7 +214,7 @@ impl Server {
                         conn.inbuf.extend_from_slice(input);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.ready.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     failed = true;
@@ -243,7 +238,7 @@ impl Server {
                 && (conn.inbuf.is_empty() || conn.session.wants_input()));
         if done {
             self.close(key);
-        } else if budget == 0 && conn.readable {
+        } else if budget == 0 && conn.ready.readable {
             self.runnable.push(key);
         }
     }

@@ -576,8 +576,10 @@ impl Server {
     }
 }
 
-/// What one event says about a session's socket.
-#[derive(Clone, Copy)]
+/// What a session's socket is ready for. Sockets are edge-triggered: an
+/// edge is remembered here until a `WouldBlock` (or a read that emptied
+/// the socket) consumes it.
+#[derive(Clone, Copy, Default)]
 struct Readiness {
     /// Hang-ups and errors count: they surface through the next read.
     readable: bool,
@@ -593,6 +595,24 @@ impl Readiness {
             readable: event.is_readable() || event.is_read_closed() || event.is_error(),
             writable: event.is_writable() || event.is_write_closed() || event.is_error(),
             read_closed: event.is_read_closed() || event.is_error(),
+        }
+    }
+
+    /// Adds what an event says.
+    fn note(&mut self, event: Readiness) {
+        self.readable |= event.readable;
+        self.writable |= event.writable;
+        self.read_closed |= event.read_closed;
+    }
+
+    /// After a read of `n` bytes into a buffer of `len`: on a plain TCP
+    /// stream a short read took all there was, so the next read would only
+    /// say `WouldBlock`, and new bytes bring a new edge. Not with TLS,
+    /// which holds decrypted bytes of its own, and not once the peer has
+    /// closed, whose EOF brings no new edge.
+    fn after_read(&mut self, n: usize, len: usize, transport: &Transport) {
+        if transport.is_plain() && n < len && !self.read_closed {
+            self.readable = false;
         }
     }
 }

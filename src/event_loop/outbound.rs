@@ -70,10 +70,7 @@ pub(super) struct OutConn {
     /// Greeting and EHLO went through: the host is up.
     greeted: bool,
     inbuf: Vec<u8>,
-    readable: bool,
-    writable: bool,
-    /// The peer's FIN has been seen in an event (see `Transport::drained`).
-    read_closed: bool,
+    ready: Readiness,
     /// In `Server::out_ready`.
     ready_queued: bool,
     job: Option<Job>,
@@ -171,9 +168,7 @@ impl Server {
             connected: false,
             greeted: false,
             inbuf: Vec::new(),
-            readable: false,
-            writable: false,
-            read_closed: false,
+            ready: Readiness::default(),
             ready_queued: false,
             job: None,
             next: None,
@@ -189,9 +184,7 @@ impl Server {
         let Some(conn) = self.out.get_mut(key) else {
             return;
         };
-        conn.readable |= ready.readable;
-        conn.writable |= ready.writable;
-        conn.read_closed |= ready.read_closed;
+        conn.ready.note(ready);
         if !conn.ready_queued {
             conn.ready_queued = true;
             self.out_ready.push_back(key);
@@ -229,7 +222,7 @@ impl Server {
             return;
         };
         if !conn.connected {
-            if !(conn.readable || conn.writable) {
+            if !(conn.ready.readable || conn.ready.writable) {
                 return;
             }
             // mio: connected only once writable, no pending error, and a peer.
@@ -265,14 +258,14 @@ impl Server {
                 return;
             };
             let mut progressed = acted;
-            while conn.writable {
+            while conn.ready.writable {
                 let out = conn.client.output();
                 if out.is_empty() && !conn.transport.wants_flush() {
                     break;
                 }
                 match write_out(&mut conn.transport, out) {
                     Ok(blocked) => {
-                        conn.writable = !blocked;
+                        conn.ready.writable = !blocked;
                         progressed = true;
                     }
                     Err(e) => {
@@ -285,7 +278,7 @@ impl Server {
                     }
                 }
             }
-            if !conn.readable {
+            if !conn.ready.readable {
                 if !progressed {
                     break;
                 }
@@ -310,12 +303,8 @@ impl Server {
                         return self.out_failed(key, reply);
                     }
                     conn.inbuf.extend_from_slice(&self.scratch[..n]);
-                    if conn
-                        .transport
-                        .drained(n, self.scratch.len(), conn.read_closed)
-                    {
-                        conn.readable = false;
-                    }
+                    conn.ready
+                        .after_read(n, self.scratch.len(), &conn.transport);
                     // Acknowledge at once: a next hop that writes each
                     // pipelined reply on its own, with Nagle on, holds the
                     // second until the first is acknowledged, and a delayed
@@ -324,7 +313,7 @@ impl Server {
                     // itself, so this is asked after every read.
                     let _ = socket2::SockRef::from(&conn.transport.stream).set_tcp_quickack(true);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.ready.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let reply = Reply::local(
@@ -389,19 +378,9 @@ impl Server {
                 }
             }
             Event::Failed { reply, recipients } => {
-                let conn = &mut self.out[key];
-                let greeted = conn.greeted;
-                let (hop, addr, label) = (conn.hop.clone(), conn.addr, conn.label.clone());
-                let (job, next) = (conn.job.take(), conn.next.take());
-                if let Some(job) = job {
-                    let replies = recipients.unwrap_or_default();
-                    self.settle_job(job, &replies, reply.clone(), Some(&label), None);
-                }
-                if let Some(next) = next {
-                    self.settle_job(next, &[], reply.clone(), Some(&label), None);
-                }
-                self.close_out(key);
-                if !greeted {
+                // No new connection from here: the key may be reused by
+                // it while `drive_out` still holds it.
+                if let Some((hop, addr, false)) = self.session_over(key, &reply, recipients) {
                     self.hop_failed(&hop, addr, reply);
                 }
             }
@@ -489,32 +468,37 @@ impl Server {
             return;
         };
         let recipients = conn.client.fail(reply.clone());
-        let (hop, addr, greeted, label) = (
-            conn.hop.clone(),
-            conn.addr,
-            conn.greeted,
-            conn.label.clone(),
-        );
+        match self.session_over(key, &reply, recipients) {
+            Some((hop, addr, false)) => self.hop_failed(&hop, addr, reply),
+            Some((hop, _, true)) => self.dispatch(&hop),
+            None => {}
+        }
+    }
+
+    /// Closes a session that ended with `reply` (from the server, or a
+    /// broken connection). The job on the wire gets what the server
+    /// already said (`recipients`), else `reply`; one sent behind its dot,
+    /// never answered, gets `reply`. Returns the hop, the address and
+    /// whether the session got through its greeting.
+    fn session_over(
+        &mut self,
+        key: usize,
+        reply: &Reply,
+        recipients: Option<Vec<Reply>>,
+    ) -> Option<(String, SocketAddr, bool)> {
+        let conn = self.out.get_mut(key)?;
+        let (hop, addr, greeted) = (conn.hop.clone(), conn.addr, conn.greeted);
+        let label = conn.label.clone();
         let (job, next) = (conn.job.take(), conn.next.take());
         if let Some(job) = job {
-            self.settle_job(
-                job,
-                &recipients.unwrap_or_default(),
-                reply.clone(),
-                Some(&label),
-                None,
-            );
+            let replies = recipients.unwrap_or_default();
+            self.settle_job(job, &replies, reply.clone(), Some(&label), None);
         }
-        // Sent behind the dot, never answered: the failure decides it.
         if let Some(next) = next {
             self.settle_job(next, &[], reply.clone(), Some(&label), None);
         }
         self.close_out(key);
-        if !greeted {
-            self.hop_failed(&hop, addr, reply);
-        } else {
-            self.dispatch(&hop);
-        }
+        Some((hop, addr, greeted))
     }
 
     fn close_out(&mut self, key: usize) {

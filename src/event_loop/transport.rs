@@ -37,13 +37,9 @@ impl Transport {
         Ok(())
     }
 
-    /// A read of `n` bytes into a buffer of `len` emptied the socket, so
-    /// the next read would only say `WouldBlock`: on a plain TCP stream a
-    /// short read took all there was, and new bytes bring a new edge.
-    /// Not with TLS, which holds decrypted bytes of its own; and not once
-    /// the peer has closed (`peer_closed`), whose EOF brings no new edge.
-    pub(super) fn drained(&self, n: usize, len: usize, peer_closed: bool) -> bool {
-        self.tls.is_none() && n < len && !peer_closed
+    /// No TLS (yet): reads and writes go straight to the socket.
+    pub(super) fn is_plain(&self) -> bool {
+        self.tls.is_none()
     }
 
     /// TLS records are waiting to be written.
