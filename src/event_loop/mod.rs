@@ -167,6 +167,8 @@ pub struct Server {
     destinations: HashMap<String, outbound::Destination>,
     /// Leased jobs waiting for a connection, per next hop.
     jobs: HashMap<String, std::collections::VecDeque<Job>>,
+    /// Hops to dispatch at the end of the turn (`dispatch_later`).
+    to_dispatch: Vec<String>,
     jobs_in_memory: usize,
     /// Next hops that could not be reached, until their retry time.
     hosts: HashMap<String, HostHealth>,
@@ -269,6 +271,7 @@ impl Server {
             resolving: HashMap::new(),
             destinations: HashMap::new(),
             jobs: HashMap::new(),
+            to_dispatch: Vec::new(),
             jobs_in_memory: 0,
             hosts: HashMap::new(),
             warned: hashbrown::HashSet::new(),
@@ -357,6 +360,7 @@ impl Server {
             self.commit();
             let clients_waiting = std::mem::take(&mut self.clients_waiting);
             self.run_outbound(clients_waiting);
+            self.dispatch_waiting();
             self.schedule();
             self.commit();
             if let Some(deadline) = self.shutdown {
@@ -395,6 +399,7 @@ impl Server {
         if !self.runnable.is_empty()
             || !self.to_commit.is_empty()
             || !self.out_ready.is_empty()
+            || !self.to_dispatch.is_empty()
             || self.turn.urgent()
         {
             return Some(Duration::ZERO);

@@ -378,8 +378,6 @@ impl Server {
                 }
             }
             Event::Failed { reply, recipients } => {
-                // No new connection from here: the key may be reused by
-                // it while `drive_out` still holds it.
                 if let Some((hop, addr, false)) = self.session_over(key, &reply, recipients) {
                     self.hop_failed(&hop, addr, reply);
                 }
@@ -468,10 +466,23 @@ impl Server {
             return;
         };
         let recipients = conn.client.fail(reply.clone());
-        match self.session_over(key, &reply, recipients) {
-            Some((hop, addr, false)) => self.hop_failed(&hop, addr, reply),
-            Some((hop, _, true)) => self.dispatch(&hop),
-            None => {}
+        if let Some((hop, addr, false)) = self.session_over(key, &reply, recipients) {
+            self.hop_failed(&hop, addr, reply);
+        }
+    }
+
+    /// Dispatches `hop` at the end of the turn (`dispatch_waiting`), not
+    /// from inside a session's handling: a connection opened there could
+    /// take the slab key of the one being closed while it is still in use.
+    fn dispatch_later(&mut self, hop: &str) {
+        if !self.to_dispatch.iter().any(|h| h == hop) {
+            self.to_dispatch.push(hop.to_string());
+        }
+    }
+
+    pub(super) fn dispatch_waiting(&mut self) {
+        for hop in std::mem::take(&mut self.to_dispatch) {
+            self.dispatch(&hop);
         }
     }
 
@@ -514,6 +525,19 @@ impl Server {
             self.jobs_in_memory -= 1;
             debug!("{}: left active for the next start", job.lease.message_id);
         }
+        if self.shutdown.is_none() {
+            // A free slot: for this hop's waiting jobs, or another hop's
+            // that the total limit held back.
+            let waiting: Vec<String> = self
+                .jobs
+                .iter()
+                .filter(|(_, q)| !q.is_empty())
+                .map(|(hop, _)| hop.clone())
+                .collect();
+            for hop in waiting {
+                self.dispatch_later(&hop);
+            }
+        }
     }
 
     /// No session could be had with `addr`: try the hop's next host (the
@@ -525,11 +549,11 @@ impl Server {
             if at_current && destination.current + 1 < destination.hosts.len() {
                 destination.current += 1;
                 info!("{hop}: {reply}; trying the next host");
-                return self.dispatch(hop);
+                return self.dispatch_later(hop);
             }
             if destination.host().is_some_and(|(_, a)| *a != addr) {
                 // Another connection already moved on from this host.
-                return self.dispatch(hop);
+                return self.dispatch_later(hop);
             }
             destination.current = 0;
         }
