@@ -306,8 +306,9 @@ pub struct Client {
     ext: Extensions,
     out: Vec<u8>,
     events: VecDeque<Event>,
-    /// Input left unconsumed by the last `receive`, known to hold no line
-    /// end: a reply trickling in is not parsed again for every byte.
+    /// Input left unconsumed by the last `receive`: an incomplete reply
+    /// (maybe some lines of a multi-line one). It is parsed again only once
+    /// new input brings a line end, not for every byte trickling in.
     held: usize,
     /// In `DataDone` with a next transaction: how many bytes at the end of
     /// `out` follow the dot. The dot is on the wire once `out` is no longer.
@@ -759,6 +760,8 @@ impl Client {
     /// The handshake is under way: start over with EHLO, as RFC 3207 4.2
     /// requires, forgetting what the server said in clear.
     pub fn tls_started(&mut self) {
+        // The loop dropped what it held: what came in clear is not input.
+        self.held = 0;
         self.encrypted = true;
         self.ext = Extensions::default();
         let _ = write!(self.out, "EHLO {}\r\n", self.helo_name);
@@ -901,6 +904,7 @@ mod proptests {
             let mut held = Vec::new();
             let mut at = 0;
             let mut closed = false;
+            let mut quit_done = false;
             for cut in cuts {
                 held.extend_from_slice(&input[at..cut]);
                 at = cut;
@@ -912,13 +916,12 @@ mod proptests {
                     if client.output().is_empty() {
                         break;
                     }
-                    let out = std::mem::take(client.output());
-                    prop_assert!(!out.is_empty());
+                    client.output().clear();
                 }
                 while let Some(event) = client.poll_event() {
                     match event {
                         Event::Ready => match txns.pop_front() {
-                            Some(t) if !(quit_early && owed.len() == 1) => {
+                            Some(t) => {
                                 owed.push_back(t.recipients.len());
                                 client.send(t);
                             }
@@ -942,6 +945,11 @@ mod proptests {
                         Event::Closed => closed = true,
                     }
                 }
+                // The loop may give up at any point (shutting down).
+                if quit_early && !quit_done && !owed.is_empty() {
+                    quit_done = true;
+                    client.quit();
+                }
                 if pipeline_next && client.may_send_next() {
                     prop_assert_eq!(owed.len(), 1);
                     if let Some(t) = txns.pop_front() {
@@ -959,9 +967,18 @@ mod proptests {
                 owed.clear();
             }
             while let Some(event) = client.poll_event() {
-                if let Event::Finished(replies) | Event::Failed { recipients: Some(replies), .. } = event {
-                    let n = owed.pop_front().expect("an outcome nobody was owed");
-                    prop_assert_eq!(replies.len(), n);
+                match event {
+                    Event::Finished(replies) => {
+                        let n = owed.pop_front().expect("an outcome nobody was owed");
+                        prop_assert_eq!(replies.len(), n);
+                    }
+                    Event::Failed { recipients: Some(replies), .. } => {
+                        let n = owed.pop_front().expect("an outcome nobody was owed");
+                        prop_assert_eq!(replies.len(), n);
+                        prop_assert!(owed.len() <= 1);
+                        owed.clear();
+                    }
+                    _ => {}
                 }
             }
             prop_assert!(owed.is_empty(), "recipients without a reply: {:?}, closed {}", owed, closed);
