@@ -165,10 +165,9 @@ pub fn list(messages: &[PendingMessage], now: SystemTime) -> String {
 
 /// How long ago a stored time was: `45s`, `12m`, `5h`, `3d`.
 fn age(stored: &str, now: SystemTime) -> String {
-    let Ok(then) = chrono::NaiveDateTime::parse_from_str(stored, "%Y-%m-%dT%H:%M:%SZ") else {
+    let Ok(then) = mailhop::queue::parse_time(stored) else {
         return "?".to_string();
     };
-    let then = SystemTime::from(then.and_utc());
     let secs = now.duration_since(then).unwrap_or_default().as_secs();
     match secs {
         0..60 => format!("{secs}s"),

@@ -176,15 +176,7 @@ impl Admin {
             )
             .map_err(sql("request delete"))?;
         // As delivery does once nobody waits for the message.
-        tx.execute(
-            "UPDATE messages SET body = x''
-             WHERE id = ?1 AND length(body) > 0
-               AND NOT EXISTS (SELECT 1 FROM recipients
-                               WHERE message_id = ?1
-                                 AND (status = 'queued' OR status = 'deferred' OR status = 'active' OR status = 'held'))",
-            [id],
-        )
-        .map_err(sql("drop body"))?;
+        super::delivery::drop_body_if_done(&tx, id)?;
         tx.commit().map_err(sql("commit delete"))?;
         Ok(Changed {
             recipients,

@@ -155,7 +155,7 @@ fn apply_outcome(conn: &Connection, o: &Outcome) -> Result<(), QueueError> {
 
 /// A message nobody waits for no longer needs its body; the row stays
 /// (with `size`) for the `deliveries` view until pruned.
-fn drop_body_if_done(conn: &Connection, id: &str) -> Result<(), QueueError> {
+pub(super) fn drop_body_if_done(conn: &Connection, id: &str) -> Result<(), QueueError> {
     conn.prepare_cached(
         "UPDATE messages SET body = x''
          WHERE id = ?1 AND length(body) > 0

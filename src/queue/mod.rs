@@ -72,7 +72,7 @@ pub fn iso8601(t: SystemTime) -> String {
 }
 
 /// Reads a stored time back; whole seconds, as stored.
-fn parse_time(text: &str) -> Result<SystemTime, QueueError> {
+pub fn parse_time(text: &str) -> Result<SystemTime, QueueError> {
     NaiveDateTime::parse_from_str(text, TIME_FORMAT)
         .map(|t| t.and_utc().into())
         .map_err(|e| QueueError(format!("queue: bad time {text:?}: {e}")))

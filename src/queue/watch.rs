@@ -11,7 +11,8 @@ impl Queue {
     pub fn changed_elsewhere(&mut self) -> Result<bool, QueueError> {
         let version: i64 = self
             .conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)))
             .map_err(sql("data_version"))?;
         let changed = self.data_version != Some(version);
         self.data_version = Some(version);
