@@ -353,14 +353,17 @@ fn is_reply(s: &str) -> bool {
 }
 
 /// Part 3: the lines up to the first empty one (all of them if there is
-/// none), each ending in CRLF. Bytes are kept, except that a CR that does
+/// none, but never more than `MAX_HEADERS` bytes: a bounce must not carry
+/// a whole message back to a forged sender), each ending in CRLF. Bytes are kept, except that a CR that does
 /// not end a line and NUL become a space (neither may stand in a MIME
 /// text part) and a line longer than `MAX_LINE` is cut. Also says whether
 /// any byte is 8-bit.
+const MAX_HEADERS: usize = 64 * 1024;
+
 fn original_headers(message: &[u8]) -> (Vec<u8>, bool) {
-    let mut out = Vec::with_capacity(message.len().min(64 * 1024));
+    let mut out = Vec::with_capacity(message.len().min(MAX_HEADERS));
     let mut rest = message;
-    while !rest.is_empty() {
+    while !rest.is_empty() && out.len() + MAX_LINE + 2 <= MAX_HEADERS {
         let (line, next) = match memchr(b'\n', rest) {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, &rest[rest.len()..]),
@@ -676,6 +679,17 @@ print('original subject', 'Subject: Lunch on Friday' in headers, 'Body text' in 
         let text = String::from_utf8(report).unwrap();
         assert!(!text.contains("\r\nInjected"));
         assert!(text.contains("Diagnostic-Code: smtp; 550 bad??Injected: yes? caf?\r\n"));
+    }
+
+    #[test]
+    fn a_message_without_a_blank_line_comes_back_cut_short() {
+        let line = format!("X-Filler: {}\r\n", "z".repeat(100));
+        let msg = line.repeat(20_000);
+        let (headers, _) = original_headers(msg.as_bytes());
+        assert!(headers.len() <= MAX_HEADERS, "{} bytes", headers.len());
+        // Whole lines, as many as fit with room for one of the longest.
+        assert!(headers.len() + MAX_LINE + 2 + line.len() > MAX_HEADERS);
+        assert!(headers.ends_with(line.as_bytes()));
     }
 
     #[test]

@@ -11,6 +11,9 @@ use super::rng::Rng;
 use super::wire::Data;
 use super::{display, Answer, Candidate};
 
+/// MX hosts tried at most, best first.
+const MAX_MX_HOSTS: usize = 10;
+
 /// This host, as MX records may name it.
 pub(super) struct Local {
     pub(super) names: Vec<Name>,
@@ -166,6 +169,10 @@ impl Lookup {
         for run in hosts.chunk_by_mut(|a, b| a.pref == b.pref) {
             rng.shuffle(run);
         }
+        // An answer can list thousands of exchanges, each of which would
+        // cost lookups and sockets; the best few are plenty (Postfix's
+        // smtp_mx_address_limit is 5).
+        hosts.truncate(MAX_MX_HOSTS);
         if let Some(cut) = hosts
             .iter()
             .filter(|h| local.is_name(&h.name))

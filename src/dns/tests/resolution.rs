@@ -136,6 +136,32 @@ fn equal_preferences_are_shuffled() {
 }
 
 #[test]
+fn only_the_best_ten_mx_hosts_are_looked_up() {
+    let t0 = Instant::now();
+    let mut r = resolver(vec![s1()]);
+    r.lookup(mx_target(), t0);
+    let q = one(&mut r);
+    let mut resp = resp(&q);
+    for i in 0..50 {
+        let host = format!("h{i}.example.test.");
+        resp = resp
+            .answer(mx("example.test.", i, &host))
+            .glue(a(&host, &format!("192.0.2.{i}")));
+    }
+    resp.send(&mut r, &q, t0);
+    // AAAA for the ten kept, none for the other forty.
+    let aaaa_queries = sent(&mut r);
+    assert_eq!(aaaa_queries.len(), 10);
+    answer_addrs(&mut r, &aaaa_queries, &[], t0);
+    let Some((_, Answer::Hosts(hosts))) = r.poll_answer() else {
+        panic!("no hosts")
+    };
+    let names: Vec<String> = hosts.into_iter().map(|c| c.name).collect();
+    let want: Vec<String> = (0..10).map(|i| format!("h{i}.example.test")).collect();
+    assert_eq!(names, want);
+}
+
+#[test]
 fn null_mx() {
     let t0 = Instant::now();
     let mut r = resolver(vec![s1()]);
