@@ -193,12 +193,13 @@ fn recipients_for_one_host_share_a_transaction_and_connections_are_reused() {
 
 #[test]
 fn the_next_message_is_pipelined_behind_the_dot_and_each_keeps_its_outcome() {
-    // The first end of data is answered slowly, so the rest queue up
-    // behind it on the one connection allowed. Every fourth is refused 451
-    // (the retry gets 250): outcomes must stay with their own message
-    // while the next one is already on the wire.
+    // The first end of data is answered only once all are sent, so the
+    // rest queue up behind it on the one connection allowed. Every fourth
+    // is refused 451 (the retry gets 250): outcomes must stay with their
+    // own message while the next one is already on the wire.
     let ends = Arc::new(AtomicUsize::new(0));
-    let e = ends.clone();
+    let all_sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (e, go) = (ends.clone(), all_sent.clone());
     let sink = Sink::start_with(
         "127.0.0.1:0",
         Arc::new(move |stage, _, _| {
@@ -206,8 +207,9 @@ fn the_next_message_is_pipelined_behind_the_dot_and_each_keeps_its_outcome() {
                 return None;
             }
             let k = e.fetch_add(1, Ordering::SeqCst);
-            if k == 0 {
-                std::thread::sleep(Duration::from_millis(1500));
+            let start = std::time::Instant::now();
+            while k == 0 && !go.load(Ordering::SeqCst) && start.elapsed() < WAIT {
+                std::thread::sleep(Duration::from_millis(10));
             }
             (k % 4 == 1).then(|| "451 4.3.0 not this one".to_string())
         }),
@@ -225,6 +227,7 @@ fn the_next_message_is_pipelined_behind_the_dot_and_each_keeps_its_outcome() {
             format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes(),
         ));
     }
+    all_sent.store(true, Ordering::SeqCst);
     let got = sink.wait_for(N, WAIT);
     assert_eq!(got.len(), N, "{}", alpha.log());
     let mut subjects: Vec<String> = got
