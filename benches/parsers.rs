@@ -28,9 +28,6 @@ fn commands(c: &mut Criterion) {
     ] {
         group.bench_function(name, |b| b.iter(|| parse(black_box(line))));
     }
-    group.bench_function("path", |b| {
-        b.iter(|| parse_forward_path(black_box(b"<jones@beta.example>")))
-    });
     group.finish();
 }
 

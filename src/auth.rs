@@ -22,7 +22,7 @@ pub const FAILURE_WINDOW: Duration = Duration::from_secs(600);
 const MAX_TRACKED: usize = 10_000;
 
 /// The accounts allowed to authenticate.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Users {
     hashes: HashMap<String, String>,
     /// Verified against when the name is unknown, so a wrong name costs as
@@ -98,10 +98,6 @@ pub fn decode(text: &str) -> Option<Vec<u8>> {
         return Some(Vec::new());
     }
     BASE64.decode(text).ok()
-}
-
-pub fn encode(bytes: &[u8]) -> String {
-    BASE64.encode(bytes)
 }
 
 /// SASL PLAIN (RFC 4616): `authzid NUL authcid NUL passwd`. An authzid,

@@ -147,10 +147,8 @@ fn found_data(msg: &Message, found: &[&Record], mut ttl: u32, hops: u8) -> Reply
             .collect();
         let mut glue = Vec::new();
         for r in &msg.additionals {
-            let addr = match &r.data {
-                RData::A(a) => IpAddr::V4(a.0),
-                RData::AAAA(a) => IpAddr::V6(a.0),
-                _ => continue,
+            let Some(addr) = r.data.ip_addr() else {
+                continue;
             };
             if r.dns_class == DNSClass::IN && hosts.iter().any(|(_, h)| h.eq_ignore_root(&r.name)) {
                 ttl = ttl.min(r.ttl);
@@ -161,10 +159,8 @@ fn found_data(msg: &Message, found: &[&Record], mut ttl: u32, hops: u8) -> Reply
     } else {
         let mut addrs = Vec::new();
         for r in found {
-            let addr = match &r.data {
-                RData::A(a) => IpAddr::V4(a.0),
-                RData::AAAA(a) => IpAddr::V6(a.0),
-                _ => continue,
+            let Some(addr) = r.data.ip_addr() else {
+                continue;
             };
             if !addrs.contains(&addr) {
                 addrs.push(addr);

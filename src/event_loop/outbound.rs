@@ -139,6 +139,9 @@ impl Server {
         let entry = self.out.vacant_entry();
         let key = entry.key();
         let stream = TcpStream::connect(addr).and_then(|mut stream| {
+            // A big body's final piece and the next envelope behind it are
+            // written apart; Nagle would hold the second for an ACK.
+            stream.set_nodelay(true)?;
             self.poll.registry().register(
                 &mut stream,
                 Token(OUT_BASE + key),
