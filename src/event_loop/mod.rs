@@ -509,9 +509,9 @@ impl Server {
                         message.helo
                     );
                 }
-                let mut messages: Vec<Message> = inbound.into_iter().chain(generated).collect();
+                let messages: Vec<Message> = inbound.into_iter().chain(generated).collect();
                 if lease_new {
-                    self.start_committed(&mut messages, leases);
+                    self.start_committed(messages, leases);
                 } else if !messages.is_empty() {
                     self.next_scan = self.now; // new mail is due at once
                 }

@@ -158,22 +158,22 @@ impl Server {
     /// Messages just committed with their recipients already leased
     /// (`Queue::commit_and_lease`): they start from memory, without a
     /// lease query or a reload of the body.
-    pub(super) fn start_committed(&mut self, messages: &mut [Message], leases: Vec<Lease>) {
+    pub(super) fn start_committed(&mut self, messages: Vec<Message>, leases: Vec<Lease>) {
         let mut hops = Vec::new();
         let mut leases = leases.into_iter().peekable();
         for message in messages {
             let stored = Rc::new(StoredMessage {
-                id: message.id.clone(),
-                sender: message.sender.clone(),
-                reverse_path: message.reverse_path.clone(),
+                id: message.id,
+                sender: message.sender,
+                reverse_path: message.reverse_path,
                 received_at: message.received_at,
                 eight_bit: message.eight_bit,
                 smtputf8: message.smtputf8,
                 warned: false,
                 body: Vec::new(),
             });
-            let body: Rc<[u8]> = std::mem::take(&mut message.body).into();
-            while let Some(lease) = leases.next_if(|l| l.message_id == message.id) {
+            let body: Rc<[u8]> = message.body.into();
+            while let Some(lease) = leases.next_if(|l| l.message_id == stored.id) {
                 let job = Job {
                     lease,
                     message: stored.clone(),
