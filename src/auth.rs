@@ -114,16 +114,26 @@ pub fn plain(response: &[u8]) -> Option<(String, String)> {
     ))
 }
 
-/// Failed attempts per client address, shared by all sessions.
+/// Failed attempts per client address, shared by all sessions. An IPv6
+/// client counts as its /64: one host usually has all of it.
 #[derive(Debug, Default)]
 pub struct Failures {
     by_ip: HashMap<IpAddr, (u32, SystemTime)>,
 }
 
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, 64)
+            .map(|net| IpAddr::V6(net.trunc().addr()))
+            .unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
 impl Failures {
     /// Whether this client may try (again) now.
     pub fn allowed(&self, ip: IpAddr, now: SystemTime) -> bool {
-        match self.by_ip.get(&ip) {
+        match self.by_ip.get(&client_key(ip)) {
             Some(&(count, since)) => {
                 count < MAX_FAILURES
                     || now.duration_since(since).unwrap_or_default() >= FAILURE_WINDOW
@@ -133,12 +143,23 @@ impl Failures {
     }
 
     pub fn failed(&mut self, ip: IpAddr, now: SystemTime) {
+        let ip = client_key(ip);
         if self.by_ip.len() >= MAX_TRACKED && !self.by_ip.contains_key(&ip) {
             self.by_ip.retain(|_, (_, since)| {
                 now.duration_since(*since).unwrap_or_default() < FAILURE_WINDOW
             });
+            // Still full of recent failures: one entry goes, not all
+            // (clearing would lift every lockout, the attacker's too): one
+            // not locked out if there is one, the oldest of those.
             if self.by_ip.len() >= MAX_TRACKED {
-                self.by_ip.clear();
+                let evict = self
+                    .by_ip
+                    .iter()
+                    .min_by_key(|(_, &(count, since))| (count >= MAX_FAILURES, since))
+                    .map(|(&ip, _)| ip);
+                if let Some(evict) = evict {
+                    self.by_ip.remove(&evict);
+                }
             }
         }
         let entry = self.by_ip.entry(ip).or_insert((0, now));
@@ -149,7 +170,7 @@ impl Failures {
     }
 
     pub fn succeeded(&mut self, ip: IpAddr) {
-        self.by_ip.remove(&ip);
+        self.by_ip.remove(&client_key(ip));
     }
 }
 
@@ -195,5 +216,28 @@ mod tests {
         assert!(!failures.allowed(ip, t0 + Duration::from_secs(60)));
         assert!(failures.allowed("192.0.2.2".parse().unwrap(), t0));
         assert!(failures.allowed(ip, t0 + FAILURE_WINDOW));
+    }
+
+    #[test]
+    fn an_ipv6_client_counts_as_its_64_and_a_full_table_keeps_lockouts() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut failures = Failures::default();
+        for i in 0..MAX_FAILURES {
+            let ip: IpAddr = format!("2001:db8:1:2::{}", i + 1).parse().unwrap();
+            failures.failed(ip, t0);
+        }
+        assert!(!failures.allowed("2001:db8:1:2::ffff".parse().unwrap(), t0));
+        assert!(failures.allowed("2001:db8:1:3::1".parse().unwrap(), t0));
+        // Ten thousand other addresses failing once, later: the locked-out
+        // /64 stays locked out until its window ends.
+        for i in 0..MAX_TRACKED as u32 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            failures.failed(ip, t0 + Duration::from_secs(1));
+        }
+        assert!(failures.by_ip.len() <= MAX_TRACKED);
+        assert!(!failures.allowed(
+            "2001:db8:1:2::1".parse().unwrap(),
+            t0 + Duration::from_secs(2)
+        ));
     }
 }
