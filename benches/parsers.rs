@@ -7,7 +7,7 @@ use std::rc::Rc;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 use mailhop::smtp::address::{parse_forward_path, parse_reverse_path};
-use mailhop::smtp::client::{Client, Event, Transaction};
+use mailhop::smtp::client::{Body, Client, Event, Transaction};
 use mailhop::smtp::command::parse;
 use mailhop::smtp::data::{BareLineEnds, DataReader};
 use mailhop::smtp::reply;
@@ -160,7 +160,7 @@ fn stuffing(c: &mut Criterion) {
                     client.send(Transaction {
                         reverse_path: "smith@alpha.example".into(),
                         recipients: vec!["jones@beta.example".into()],
-                        body: body.clone(),
+                        body: Body::Whole(body.clone()),
                         eight_bit: false,
                         smtputf8: false,
                     });

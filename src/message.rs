@@ -32,10 +32,21 @@ pub struct Message {
     pub eight_bit: bool,
     /// `SMTPUTF8` was given.
     pub smtputf8: bool,
-    /// The whole message as stored: our `Received:` line, then the data,
-    /// unstuffed, with CRLF line ends.
+    /// The end of the message as stored (our `Received:` line, then the
+    /// data, unstuffed, with CRLF line ends): all of it when `chunks` is 0,
+    /// else what followed the `chunks` pieces already written to the queue
+    /// while the data arrived (see [`PIECE`]).
     pub body: Vec<u8>,
+    /// Pieces of this message already in the queue's `body_chunks`.
+    pub chunks: u32,
+    /// Octets of the whole stored message, chunks and `body`.
+    pub size: u64,
 }
+
+/// The piece a body travels in: a receiving session writes each full piece
+/// to the queue as it fills, and delivery reads the body back piece by
+/// piece, so no session holds more of a message than this, whatever its size.
+pub const PIECE: usize = 64 * 1024;
 
 /// Hands out queue IDs: 16 upper-case hex digits, the microsecond of the
 /// call and a 12-bit sequence, so IDs sort by arrival and never repeat

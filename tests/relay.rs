@@ -675,3 +675,81 @@ print("ok")
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_ten_megabyte_message_streams_byte_exact_to_the_next_hop_and_a_maildir() {
+    let sink = Sink::start();
+    let dir = tempdir();
+    let alpha = start_in(
+        dir.path(),
+        &format!(
+            "local_domains = [\"alpha.test\"]\nlocal_users = [\"jones\"]\nmaildir = \"mail\"\n{}",
+            relay_config(&sink.addr, "")
+        ),
+    );
+    // Ten megabytes of every kind of line: dots to stuff, 8-bit text,
+    // long and empty lines; more than a hundred pieces of the queue.
+    let mut data = b"Subject: ten megabytes\r\nFrom: s@sender.test\r\n\r\n".to_vec();
+    let mut i = 0usize;
+    while data.len() < 10_000_000 {
+        i += 1;
+        match i % 6 {
+            0 => data.extend_from_slice(b".a line that starts with a dot\r\n"),
+            1 => data.extend_from_slice(b"..\r\n\r\n"),
+            2 => data.extend_from_slice("8-bit: caf\u{e9} \u{2603}\r\n".as_bytes()),
+            3 => data.extend_from_slice(format!("{}\r\n", "y".repeat(i % 990)).as_bytes()),
+            _ => data.extend_from_slice(format!("line {i}\r\n").as_bytes()),
+        }
+    }
+    send(
+        &alpha,
+        "s@sender.test",
+        &["u@example.org", "jones@alpha.test"],
+        &data,
+    );
+    let got = sink.wait_for(1, Duration::from_secs(120));
+    assert_eq!(got.len(), 1, "{}", alpha.log());
+    assert_same(&without_received(&got[0].data), &data);
+
+    // The Maildir copy: our headers, then the message with LF line ends.
+    let new = dir.path().join("mail/jones/new");
+    let start = std::time::Instant::now();
+    let file = loop {
+        let entry = std::fs::read_dir(&new)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok());
+        match entry {
+            Some(entry) => break entry.path(),
+            None if start.elapsed() < WAIT => std::thread::sleep(Duration::from_millis(50)),
+            None => panic!("no Maildir file:\n{}", alpha.log()),
+        }
+    };
+    let stored = std::fs::read(file).unwrap();
+    let text_start = stored
+        .windows(8)
+        .position(|w| w == b"Subject:")
+        .expect("the message in the file");
+    let want: Vec<u8> = data
+        .split(|&b| b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join(&b'\n');
+    assert_same(&stored[text_start..], &want);
+
+    // Every recipient final: the body, pieces and all, is dropped.
+    let db = open_queue(&alpha.queue_path());
+    let start = std::time::Instant::now();
+    while rows(&db, "SELECT count(*) FROM deliveries") != ["2"] && start.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        rows(&db, "SELECT status FROM deliveries ORDER BY recipient"),
+        ["delivered", "delivered"]
+    );
+    assert_eq!(rows(&db, "SELECT count(*) FROM body_chunks"), ["0"]);
+    assert_eq!(
+        rows(&db, "SELECT size > 10000000, length(body) FROM messages"),
+        ["1|0"]
+    );
+}

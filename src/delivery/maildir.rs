@@ -36,6 +36,50 @@ pub fn deliver(
     hostname: &str,
     now: SystemTime,
 ) -> io::Result<PathBuf> {
+    let mut whole = Some(message);
+    deliver_pieces(
+        root,
+        user,
+        return_path,
+        delivered_to,
+        &mut whole,
+        hostname,
+        now,
+    )
+}
+
+/// A message read piece by piece (from the queue), so delivering a big one
+/// never holds it whole.
+pub trait Pieces {
+    /// Puts the next piece in `buf` (replacing what was there); false once
+    /// there are no more.
+    fn next_piece(&mut self, buf: &mut Vec<u8>) -> io::Result<bool>;
+}
+
+/// A message in memory: one piece.
+impl Pieces for Option<&[u8]> {
+    fn next_piece(&mut self, buf: &mut Vec<u8>) -> io::Result<bool> {
+        buf.clear();
+        match self.take() {
+            Some(bytes) => {
+                buf.extend_from_slice(bytes);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+/// As [`deliver`], with the message copied into the file piece by piece.
+pub fn deliver_pieces(
+    root: &Path,
+    user: &str,
+    return_path: &str,
+    delivered_to: &str,
+    message: &mut impl Pieces,
+    hostname: &str,
+    now: SystemTime,
+) -> io::Result<PathBuf> {
     check_user(user)?;
     let return_path = return_path
         .strip_prefix('<')
@@ -72,7 +116,7 @@ fn write_then_rename(
     new: &Path,
     return_path: &str,
     delivered_to: &str,
-    message: &[u8],
+    message: &mut impl Pieces,
 ) -> io::Result<()> {
     let written = (|| {
         let file = OpenOptions::new()
@@ -85,7 +129,11 @@ fn write_then_rename(
             w,
             "Return-Path: <{return_path}>\nDelivered-To: {delivered_to}\n"
         )?;
-        write_lf(&mut w, message)?;
+        let mut piece = Vec::new();
+        let mut lf = LineEnds::default();
+        while message.next_piece(&mut piece)? {
+            lf.write(&mut w, &piece)?;
+        }
         let file = w.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         fs::rename(tmp, new)
@@ -156,20 +204,33 @@ fn unique_name(now: SystemTime, hostname: &str) -> String {
     )
 }
 
-/// Copies `message` with CRLF and bare CR both written as LF.
-fn write_lf(w: &mut impl Write, message: &[u8]) -> io::Result<()> {
-    let mut rest = message;
-    while let Some(i) = memchr(b'\r', rest) {
-        w.write_all(&rest[..i])?;
-        w.write_all(b"\n")?;
-        let skip = if rest.get(i + 1) == Some(&b'\n') {
-            2
-        } else {
-            1
-        };
-        rest = &rest[i + skip..];
+/// Copies a message with CRLF and bare CR both written as LF, in pieces
+/// cut anywhere: a CR that ends a piece has been written as LF, and an LF
+/// that begins the next is then its pair, not a line of its own.
+#[derive(Debug, Default)]
+struct LineEnds {
+    after_cr: bool,
+}
+
+impl LineEnds {
+    fn write(&mut self, w: &mut impl Write, mut rest: &[u8]) -> io::Result<()> {
+        if std::mem::take(&mut self.after_cr) && rest.first() == Some(&b'\n') {
+            rest = &rest[1..];
+        }
+        while let Some(i) = memchr(b'\r', rest) {
+            w.write_all(&rest[..i])?;
+            w.write_all(b"\n")?;
+            match rest.get(i + 1) {
+                Some(b'\n') => rest = &rest[i + 2..],
+                Some(_) => rest = &rest[i + 1..],
+                None => {
+                    self.after_cr = true;
+                    return Ok(());
+                }
+            }
+        }
+        w.write_all(rest)
     }
-    w.write_all(rest)
 }
 
 #[cfg(test)]
@@ -326,7 +387,7 @@ for subj, m in msgs:
         let (tmp_dir, _) = make_dirs(&root.path().join("jones")).unwrap();
         let tmp = tmp_dir.join("x");
         let missing = root.path().join("nowhere/x");
-        assert!(write_then_rename(&tmp, &missing, "a@b", "x@y", b"x").is_err());
+        assert!(write_then_rename(&tmp, &missing, "a@b", "x@y", &mut Some(&b"x"[..])).is_err());
         assert_eq!(fs::read_dir(&tmp_dir).unwrap().count(), 0);
     }
 }

@@ -158,7 +158,8 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             warned: false,
-            body: Vec::new(),
+            size: 0,
+            chunks: 0,
         };
         let replies = [
             Reply::local(250, "2.0.0", "ok"),

@@ -15,6 +15,8 @@ use log::debug;
 use mio::{Interest, Token};
 
 use super::{write_out, Readiness, Server, Transport, DNS_BASE};
+use crate::message::Message;
+use crate::queue::Queue;
 use crate::smtp::server::{Env, Session};
 
 /// Input a session may hold unconsumed: a partial command line is at most
@@ -154,11 +156,13 @@ impl Server {
         let mut failed = false;
         loop {
             if !conn.inbuf.is_empty() && conn.session.wants_input() {
-                let used = conn.session.receive(&conn.inbuf, &mut env);
+                let mut taken = Taken {
+                    key,
+                    queue: &mut self.queue,
+                    to_commit: &mut self.to_commit,
+                };
+                let used = feed(&mut conn.session, &conn.inbuf, &mut env, &mut taken);
                 conn.inbuf.drain(..used);
-                if let Some(message) = conn.session.take_accepted() {
-                    self.to_commit.push((key, message));
-                }
             }
             if conn.ready.writable
                 && (!conn.session.output().is_empty() || conn.transport.wants_flush())
@@ -205,11 +209,13 @@ impl Server {
                         .after_read(n, self.scratch.len(), &conn.transport);
                     let input = &self.scratch[..n];
                     if conn.inbuf.is_empty() {
-                        let used = conn.session.receive(input, &mut env);
+                        let mut taken = Taken {
+                            key,
+                            queue: &mut self.queue,
+                            to_commit: &mut self.to_commit,
+                        };
+                        let used = feed(&mut conn.session, input, &mut env, &mut taken);
                         conn.inbuf.extend_from_slice(&input[used..]);
-                        if let Some(message) = conn.session.take_accepted() {
-                            self.to_commit.push((key, message));
-                        }
                     } else {
                         conn.inbuf.extend_from_slice(input);
                     }
@@ -245,6 +251,10 @@ impl Server {
 
     fn close(&mut self, key: usize) {
         let conn = self.conns.remove(key);
+        if let Some(id) = conn.session.unfinished_pieces() {
+            debug!("{id}: session ended inside the data; its pieces are discarded");
+            self.queue.discard_body(id);
+        }
         self.deadlines.remove(&(conn.deadline, key));
         if let Some(count) = self.per_ip.get_mut(&conn.ip) {
             *count -= 1;
@@ -253,5 +263,42 @@ impl Server {
             }
         }
         debug!("disconnect [{}] session {key}", conn.ip);
+    }
+}
+
+/// Where what a session produces goes: full body pieces to the queue at
+/// once, finished messages to the turn's group commit.
+struct Taken<'a> {
+    key: usize,
+    queue: &'a mut Queue,
+    to_commit: &'a mut Vec<(usize, Message)>,
+}
+
+/// Feeds `input` to the session, writing each body piece to the queue as
+/// it fills so the session can take the rest of the input; returns how
+/// much it consumed.
+fn feed(session: &mut Session, input: &[u8], env: &mut Env<'_>, taken: &mut Taken<'_>) -> usize {
+    let mut used = 0;
+    loop {
+        used += session.receive(&input[used..], env);
+        let mut piece = false;
+        if let Some((id, seq, data)) = session.piece() {
+            // A failure is remembered by the queue: the message gets 451
+            // at its end, and its pieces are discarded then.
+            if let Err(e) = taken.queue.write_piece(id, seq, data) {
+                log::error!("{e}");
+            }
+            session.piece_written();
+            piece = true;
+        }
+        if let Some(id) = session.take_discarded() {
+            taken.queue.discard_body(&id);
+        }
+        if let Some(message) = session.take_accepted() {
+            taken.to_commit.push((taken.key, message));
+        }
+        if !piece || used == input.len() {
+            return used;
+        }
     }
 }

@@ -137,6 +137,8 @@ pub struct Server {
     ids: QueueIds,
     /// One read buffer for all sessions, so idle ones hold none.
     scratch: Vec<u8>,
+    /// One buffer for the body pieces read back from the queue.
+    piece: Vec<u8>,
     /// Messages that reached end of data this turn: (slab key, message).
     to_commit: Vec<(usize, Message)>,
     /// Sessions with input left after their per-turn read budget.
@@ -242,6 +244,7 @@ impl Server {
             queue,
             ids: QueueIds::default(),
             scratch: vec![0; 64 * 1024],
+            piece: Vec::new(),
             to_commit: Vec::new(),
             runnable: Vec::new(),
             gather_until: None,
@@ -453,6 +456,10 @@ impl Server {
     /// 250s (or 451s) written. Outcomes of a failed commit wait for the next.
     fn commit(&mut self) {
         if self.to_commit.is_empty() && self.turn.is_empty() {
+            // Body pieces of unfinished messages, alone.
+            if let Err(e) = self.queue.commit_open() {
+                error!("queue commit of body pieces failed: {e}");
+            }
             return;
         }
         // Delivery outcomes alone may wait a moment for company: while
@@ -465,8 +472,10 @@ impl Server {
         if outcomes_may_wait {
             return;
         }
-        let (keys, inbound): (Vec<usize>, Vec<Message>) =
-            std::mem::take(&mut self.to_commit).into_iter().unzip();
+        let (keys, inbound): (Vec<usize>, Vec<Message>) = std::mem::take(&mut self.to_commit)
+            .into_iter()
+            .filter(|(key, message)| self.keep_whole(*key, message))
+            .unzip();
         let Turn {
             outcomes,
             hosts,
@@ -503,7 +512,7 @@ impl Server {
                         "{}: from=<{}> size={} nrcpt={} client=[{}] helo={}",
                         message.id,
                         message.sender,
-                        message.body.len(),
+                        message.size,
                         message.recipients.len(),
                         message.client_ip,
                         message.helo
@@ -518,9 +527,13 @@ impl Server {
             }
             Err(e) => {
                 error!("queue commit failed: {e}");
-                for key in &keys {
+                for (key, message) in keys.iter().zip(&inbound) {
                     if let Some(conn) = self.conns.get_mut(*key) {
                         conn.session.committed(Err(()), &self.settings);
+                    }
+                    // Pieces committed in earlier turns would be orphans.
+                    if message.chunks > 0 {
+                        self.queue.discard_body(&message.id);
                     }
                 }
                 self.turn = Turn {
@@ -538,6 +551,25 @@ impl Server {
                 self.drive(key);
             }
         }
+    }
+
+    /// A message that lost body pieces to a failed write cannot be stored
+    /// whole: its session gets 451 now, its other pieces are discarded,
+    /// and it stays out of the commit.
+    fn keep_whole(&mut self, key: usize, message: &Message) -> bool {
+        if message.chunks == 0 || !self.queue.is_lost(&message.id) {
+            return true;
+        }
+        error!(
+            "{}: body pieces were lost to a failed queue write; answered 451",
+            message.id
+        );
+        self.queue.discard_body(&message.id);
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.session.committed(Err(()), &self.settings);
+            self.runnable.push(key);
+        }
+        false
     }
 
     fn fire_deadlines(&mut self) {

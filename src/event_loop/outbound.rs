@@ -14,7 +14,7 @@ use mio::{Interest, Token};
 
 use super::{write_out, Readiness, Server, Transport, OUT_BASE};
 use crate::queue::{Lease, StoredMessage};
-use crate::smtp::client::{Client, Event, TlsPolicy, Transaction, Wait};
+use crate::smtp::client::{Body, Client, Event, TlsPolicy, Transaction, Wait};
 use crate::smtp::reply::Reply;
 
 /// How long a connection waits, idle, for another message to the same hop.
@@ -28,10 +28,13 @@ const OUT_PER_BUSY_TURN: usize = 4;
 /// Leased recipients of one message for one next hop, with the message.
 pub(super) struct Job {
     pub(super) lease: Lease,
-    /// The envelope; its `body` is moved out into `body`.
     pub(super) message: Rc<StoredMessage>,
-    /// Shared with the client machine while it sends, never copied.
-    pub(super) body: Rc<[u8]>,
+    /// A small body kept in memory since it arrived, shared by the hops it
+    /// goes to and never copied; `None`: read from the queue piece by
+    /// piece as the next hop takes it.
+    pub(super) body: Option<Rc<[u8]>>,
+    /// Of a body read from the queue: the piece to send next.
+    pub(super) next_piece: u32,
     pub(super) started_at: SystemTime,
 }
 
@@ -260,6 +263,11 @@ impl Server {
             let Some(conn) = self.out.get_mut(key) else {
                 return;
             };
+            if conn.ready.writable && conn.client.wants_body() {
+                if let Err(reply) = feed_body(conn, &self.queue, &mut self.piece) {
+                    return self.out_failed(key, reply);
+                }
+            }
             let mut progressed = acted;
             while conn.ready.writable {
                 let out = conn.client.output();
@@ -658,6 +666,36 @@ impl Server {
     }
 }
 
+/// Hands the client the next piece of the body on the wire, read from the
+/// queue (into the loop's one piece buffer). A piece that cannot be read
+/// ends the session before the dot, so nothing half-sent is delivered.
+fn feed_body(
+    conn: &mut OutConn,
+    queue: &crate::queue::Queue,
+    buf: &mut Vec<u8>,
+) -> Result<(), Reply> {
+    let Some(job) = conn.job.as_mut() else {
+        return Err(Reply::local(
+            451,
+            "4.3.0",
+            "internal error: body without a job",
+        ));
+    };
+    let message = &job.message;
+    let seq = job.next_piece;
+    if let Err(e) = queue.read_piece(&message.id, seq, message.chunks, buf) {
+        log::error!("{}: {e}", message.id);
+        return Err(Reply::local(
+            451,
+            "4.3.0",
+            "queue read error, try again later",
+        ));
+    }
+    job.next_piece += 1;
+    conn.client.push_body(buf, seq >= message.chunks);
+    Ok(())
+}
+
 /// Bytes of server replies we hold while waiting for the end of one.
 const MAX_REPLY_BUFFER: usize = 128 * 1024;
 
@@ -670,6 +708,7 @@ fn send_job(
     honor_routes: bool,
 ) {
     job.started_at = now;
+    job.next_piece = 0;
     client.send(transaction(job, hostname, honor_routes));
 }
 
@@ -703,7 +742,10 @@ fn transaction(job: &Job, hostname: &str, honor_routes: bool) -> Transaction {
             .iter()
             .map(|r| r.forward_path.clone())
             .collect(),
-        body: job.body.clone(),
+        body: match &job.body {
+            Some(body) => Body::Whole(body.clone()),
+            None => Body::Pieces { size: message.size },
+        },
         eight_bit: message.eight_bit,
         smtputf8: message.smtputf8,
     }

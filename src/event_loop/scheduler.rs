@@ -21,6 +21,10 @@ use crate::smtp::reply::Reply;
 
 /// Leased jobs held in memory at once (waiting or in flight).
 pub(super) const MAX_JOBS: usize = 2000;
+/// New mail up to this size keeps its body in memory until delivered
+/// (at most `MAX_JOBS` of them); bigger bodies are read back from the
+/// queue as they are sent.
+const KEEP_IN_MEMORY: usize = 16 * 1024;
 /// While at least this many jobs are in memory, a backlog is leased only
 /// once this much room has come free: each lease is a transaction of its
 /// own (an fsync), which one per few finished jobs would make the pace.
@@ -136,7 +140,7 @@ impl Server {
     /// One lease: delivered here, queued for a connection (its hop is
     /// returned), or decided at once.
     fn start(&mut self, lease: Lease) -> Option<String> {
-        let mut message = match self.queue.message(&lease.message_id) {
+        let message = match self.queue.message(&lease.message_id) {
             Ok(message) => message,
             Err(e) => {
                 error!(
@@ -146,11 +150,11 @@ impl Server {
                 return None;
             }
         };
-        let body: Rc<[u8]> = std::mem::take(&mut message.body).into();
         self.start_job(Job {
             lease,
             message: Rc::new(message),
-            body,
+            body: None,
+            next_piece: 0,
             started_at: self.wall,
         })
     }
@@ -170,14 +174,21 @@ impl Server {
                 eight_bit: message.eight_bit,
                 smtputf8: message.smtputf8,
                 warned: false,
-                body: Vec::new(),
+                size: message.size,
+                chunks: message.chunks,
             });
-            let body: Rc<[u8]> = message.body.into();
+            // A small body stays in memory for its hops; a bigger one is
+            // read back piece by piece (of a streamed one, only its end
+            // is here anyway).
+            let body: Option<Rc<[u8]>> = (message.chunks == 0
+                && message.body.len() <= KEEP_IN_MEMORY)
+                .then(|| message.body.into());
             while let Some(lease) = leases.next_if(|l| l.message_id == stored.id) {
                 let job = Job {
                     lease,
                     message: stored.clone(),
                     body: body.clone(),
+                    next_piece: 0,
                     started_at: self.wall,
                 };
                 if let Some(hop) = self.start_job(job) {
@@ -231,12 +242,17 @@ impl Server {
                 )
             } else {
                 let user = local_user_name(local);
-                match maildir::deliver(
+                let mut body = JobBody {
+                    job: &job,
+                    queue: &self.queue,
+                    next: 0,
+                };
+                match maildir::deliver_pieces(
                     &self.maildir,
                     &user,
                     &job.message.sender,
                     &recipient.mailbox,
-                    &job.body,
+                    &mut body,
                     &self.settings.hostname,
                     self.wall,
                 ) {
@@ -347,11 +363,27 @@ impl Server {
             );
             return;
         };
+        // The original headers are in the first piece (a bounce quotes
+        // 64 KiB of them at most).
+        let mut first = Vec::new();
+        let head = match &job.body {
+            Some(body) => &body[..],
+            None => match self
+                .queue
+                .read_piece(&message.id, 0, message.chunks, &mut first)
+            {
+                Ok(()) => &first[..],
+                Err(e) => {
+                    warn!("{}: report without the original headers: {e}", message.id);
+                    &[]
+                }
+            },
+        };
         let original = Original {
             id: &message.id,
             sender: &message.sender,
             received_at: message.received_at,
-            message: &job.body,
+            message: head,
         };
         let body = bounce::report(&self.settings.hostname, &original, recipients, self.wall);
         let id = self.ids.next(self.wall);
@@ -374,6 +406,8 @@ impl Server {
             received_at: self.wall,
             eight_bit: !body.is_ascii(),
             smtputf8: false,
+            chunks: 0,
+            size: body.len() as u64,
             body,
         });
     }
@@ -459,5 +493,36 @@ impl Turn {
             && self.hold_backs.is_empty()
             && self.warned.is_empty()
             && self.generated.is_empty()
+    }
+}
+
+/// A job's body for local delivery, piece by piece: from memory, or from
+/// the queue.
+struct JobBody<'a> {
+    job: &'a Job,
+    queue: &'a crate::queue::Queue,
+    next: u32,
+}
+
+impl maildir::Pieces for JobBody<'_> {
+    fn next_piece(&mut self, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+        let message = &self.job.message;
+        if self.next > message.chunks {
+            return Ok(false);
+        }
+        match &self.job.body {
+            Some(body) => {
+                buf.clear();
+                buf.extend_from_slice(body);
+                self.next = message.chunks + 1;
+            }
+            None => {
+                self.queue
+                    .read_piece(&message.id, self.next, message.chunks, buf)
+                    .map_err(|e| std::io::Error::other(e.0))?;
+                self.next += 1;
+            }
+        }
+        Ok(true)
     }
 }

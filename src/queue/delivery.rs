@@ -153,18 +153,25 @@ fn apply_outcome(conn: &Connection, o: &Outcome) -> Result<(), QueueError> {
     Ok(())
 }
 
-/// A message nobody waits for no longer needs its body; the row stays
-/// (with `size`) for the `deliveries` view until pruned.
+/// A message nobody waits for no longer needs its body, pieces included;
+/// the row stays (with `size`) for the `deliveries` view until pruned.
 pub(super) fn drop_body_if_done(conn: &Connection, id: &str) -> Result<(), QueueError> {
-    conn.prepare_cached(
-        "UPDATE messages SET body = x''
-         WHERE id = ?1 AND length(body) > 0
-           AND NOT EXISTS (SELECT 1 FROM recipients
-                           WHERE message_id = ?1
-                             AND (status = 'queued' OR status = 'deferred' OR status = 'active' OR status = 'held'))",
-    )
-    .and_then(|mut stmt| stmt.execute([id]))
-    .map_err(|e| QueueError(format!("queue: dropping body of {id}: {e}")))?;
+    let chunks: Option<u32> = conn
+        .prepare_cached(
+            "UPDATE messages SET body = x'', chunks = 0
+             WHERE id = ?1 AND (length(body) > 0 OR chunks > 0)
+               AND NOT EXISTS (SELECT 1 FROM recipients
+                               WHERE message_id = ?1
+                                 AND (status = 'queued' OR status = 'deferred' OR status = 'active' OR status = 'held'))
+             RETURNING (SELECT count(*) FROM body_chunks WHERE message_id = ?1)",
+        )
+        .and_then(|mut stmt| stmt.query_row([id], |r| r.get(0)).optional())
+        .map_err(|e| QueueError(format!("queue: dropping body of {id}: {e}")))?;
+    if chunks.is_some_and(|n| n > 0) {
+        conn.prepare_cached("DELETE FROM body_chunks WHERE message_id = ?1")
+            .and_then(|mut stmt| stmt.execute([id]))
+            .map_err(|e| QueueError(format!("queue: dropping body pieces of {id}: {e}")))?;
+    }
     Ok(())
 }
 
@@ -210,6 +217,8 @@ impl Queue {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        // Body pieces of this turn first: one transaction at a time.
+        self.commit_open()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -273,14 +282,14 @@ impl Queue {
         next.as_deref().map(parse_time).transpose()
     }
 
-    /// One message with its body, for delivery or a bounce. The body is
-    /// empty once every recipient is final.
+    /// One message's envelope, for delivery or a bounce; its body is read
+    /// piece by piece (`read_piece`) as it is sent.
     pub fn message(&self, id: &str) -> Result<StoredMessage, QueueError> {
         let row = self
             .conn
             .prepare_cached(
                 "SELECT id, sender, reverse_path, received_at, eight_bit, smtputf8,
-                        warned, body
+                        warned, size, chunks
                  FROM messages WHERE id = ?1",
             )
             .and_then(|mut stmt| {
@@ -294,7 +303,8 @@ impl Queue {
                             eight_bit: r.get(4)?,
                             smtputf8: r.get(5)?,
                             warned: r.get(6)?,
-                            body: r.get(7)?,
+                            size: r.get(7)?,
+                            chunks: r.get(8)?,
                         },
                         r.get::<_, String>(3)?,
                     ))
@@ -318,6 +328,7 @@ impl Queue {
         }
         let before = iso8601(before);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.commit_open()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)

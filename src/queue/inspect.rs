@@ -171,11 +171,18 @@ impl Admin {
             .query_row(
                 "SELECT id, sender, reverse_path, client_ip, helo, received_at, size,
                         eight_bit, smtputf8, warned,
-                        CASE WHEN length(body) = 0 THEN NULL
-                             WHEN instr(body, x'0d0a0d0a') > 0
-                                 THEN substr(body, 1, instr(body, x'0d0a0d0a') + 1)
-                             ELSE body END
-                 FROM messages WHERE id = ?1",
+                        CASE WHEN length(first) = 0 THEN NULL
+                             WHEN instr(first, x'0d0a0d0a') > 0
+                                 THEN substr(first, 1, instr(first, x'0d0a0d0a') + 1)
+                             ELSE first END
+                 FROM (SELECT *,
+                              -- The first piece: the header section of a
+                              -- streamed body is in its first chunk.
+                              CASE WHEN chunks > 0
+                                   THEN (SELECT data FROM body_chunks
+                                         WHERE message_id = messages.id AND seq = 0)
+                                   ELSE body END AS first
+                       FROM messages WHERE id = ?1)",
                 [id],
                 |r| {
                     Ok(MessageDetail {

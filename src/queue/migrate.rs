@@ -16,6 +16,10 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         "0003_admin.sql",
         include_str!("../../schema/0003_admin.sql"),
     ),
+    (
+        "0004_body_chunks.sql",
+        include_str!("../../schema/0004_body_chunks.sql"),
+    ),
 ];
 
 /// Applies the missing migrations in one transaction, so a crash leaves the

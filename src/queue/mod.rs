@@ -1,6 +1,7 @@
 //! The durable queue: the only module that speaks SQL (with `schema/`).
 
 mod admin;
+mod body;
 mod delivery;
 mod inspect;
 mod migrate;
@@ -8,6 +9,8 @@ mod migrate;
 mod tests;
 #[cfg(test)]
 mod tests_admin;
+#[cfg(test)]
+mod tests_body;
 #[cfg(test)]
 mod tests_delivery;
 #[cfg(test)]
@@ -25,7 +28,7 @@ use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use rusqlite::types::Value;
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection};
 
 use crate::message::Message;
 
@@ -83,6 +86,8 @@ pub struct Queue {
     conn: Connection,
     /// `PRAGMA data_version` when last looked at (`changed_elsewhere`).
     data_version: Option<i64>,
+    /// The open write transaction and the unfinished bodies in it.
+    spool: body::Spool,
 }
 
 impl Queue {
@@ -113,9 +118,14 @@ impl Queue {
         if requeued > 0 {
             log::info!("queue: {requeued} recipients left active by the last run are due again");
         }
+        let orphans = body::remove_orphans(&conn)?;
+        if orphans > 0 {
+            log::info!("queue: removed {orphans} body pieces of messages never committed");
+        }
         Ok(Queue {
             conn,
             data_version: None,
+            spool: body::Spool::default(),
         })
     }
 
@@ -145,22 +155,24 @@ impl Queue {
         lease_new: bool,
     ) -> Result<Vec<Lease>, QueueError> {
         if batch.is_empty() {
+            self.commit_open()?;
             return Ok(Vec::new());
         }
-        // IMMEDIATE takes the write lock up front, so a busy database fails
-        // here (after the busy timeout) rather than halfway through.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql("begin"))?;
-        // On error, dropping `tx` rolls back (unless SQLite already has), so
-        // the connection is ready for the next batch.
+        // Joins the transaction that holds this turn's body pieces: the
+        // messages, their pieces and the outcomes commit together.
+        self.begin()?;
         let mut leases = Vec::new();
-        for message in &batch.messages {
-            insert(&tx, message, lease_new.then_some(&mut leases))?;
+        let stored = (|| {
+            for message in &batch.messages {
+                insert(&self.conn, message, lease_new.then_some(&mut leases))?;
+            }
+            delivery::apply(&self.conn, batch)
+        })();
+        if let Err(e) = stored {
+            self.rollback_open();
+            return Err(e);
         }
-        delivery::apply(&tx, batch)?;
-        tx.commit().map_err(sql("commit"))?;
+        self.commit_open()?;
         Ok(leases)
     }
 }
@@ -195,7 +207,11 @@ pub struct StoredMessage {
     pub smtputf8: bool,
     /// A delay warning was already sent for it.
     pub warned: bool,
-    pub body: Vec<u8>,
+    /// Octets of the stored message.
+    pub size: u64,
+    /// Pieces in `body_chunks` before the rest in the message row (see
+    /// `Queue::read_piece`).
+    pub chunks: u32,
 }
 
 /// Where a recipient stands after an attempt (or a decision without one).
@@ -346,8 +362,8 @@ fn insert(
     let received_at = iso8601(m.received_at);
     conn.prepare_cached(
         "INSERT INTO messages (id, sender, reverse_path, client_ip, helo,
-                               received_at, size, eight_bit, smtputf8, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                               received_at, size, eight_bit, smtputf8, body, chunks)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -357,10 +373,11 @@ fn insert(
             m.client_ip.to_string(),
             m.helo,
             received_at,
-            m.body.len() as i64,
+            m.size as i64,
             m.eight_bit,
             m.smtputf8,
             m.body,
+            m.chunks,
         ])
     })
     .map_err(|e| QueueError(format!("queue: storing message {}: {e}", m.id)))?;

@@ -38,6 +38,8 @@ pub(super) fn message(id: &str, sender: &str, rcpts: &[&str], body: &[u8]) -> Me
         eight_bit: false,
         smtputf8: false,
         body: body.to_vec(),
+        chunks: 0,
+        size: body.len() as u64,
     }
 }
 

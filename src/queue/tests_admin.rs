@@ -193,7 +193,7 @@ fn delete_ends_pending_recipients_and_drops_the_body() {
             ],
         ]
     );
-    assert!(q.message("D1").unwrap().body.is_empty());
+    assert!(q.read_body("D1").unwrap().is_empty());
     assert_eq!(a.show("D1").unwrap().header, None);
     assert_eq!(a.delete("D1", at(101)).unwrap().recipients, 0);
 }
@@ -249,7 +249,7 @@ fn delete_while_active_takes_effect_when_the_attempt_ends() {
     );
     assert_eq!(count(&c, "SELECT count(*) FROM attempts"), 2);
     assert!(q.lease_due(at(999_999), 10).unwrap().is_empty());
-    assert!(q.message("F1").unwrap().body.is_empty());
+    assert!(q.read_body("F1").unwrap().is_empty());
 }
 
 #[test]

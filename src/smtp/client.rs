@@ -40,9 +40,46 @@ pub struct Transaction {
     /// Forward paths without angle brackets (may carry a source route).
     pub recipients: Vec<String>,
     /// As stored: CRLF line ends, not dot-stuffed (the client stuffs).
-    pub body: std::rc::Rc<[u8]>,
+    pub body: Body,
     pub eight_bit: bool,
     pub smtputf8: bool,
+}
+
+/// Where the body comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// All of it in memory (a small message, shared between the hops it
+    /// goes to): the client stuffs it into the output by itself.
+    Whole(Rc<[u8]>),
+    /// `size` octets the loop hands over piece by piece as the socket
+    /// takes them (`Client::wants_body`, `Client::push_body`), so a big
+    /// message is never in memory whole.
+    Pieces { size: u64 },
+}
+
+impl Body {
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Whole(bytes) => bytes.len() as u64,
+            Body::Pieces { size } => *size,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<&[u8]> for Body {
+    fn from(bytes: &[u8]) -> Body {
+        Body::Whole(bytes.into())
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(bytes: Vec<u8>) -> Body {
+        Body::Whole(bytes.into())
+    }
 }
 
 /// What the loop must act on.
@@ -144,7 +181,7 @@ enum Expect {
 #[derive(Debug)]
 struct Txn {
     recipients: Vec<String>,
-    body: Rc<[u8]>,
+    body: Body,
     /// The reply that decided each recipient, once one has. After all RCPT
     /// replies are in, `None` means accepted.
     replies: Vec<Option<Reply>>,
@@ -178,13 +215,17 @@ impl Txn {
 }
 
 /// Where the body has got to on its way into the output: dot-stuffed, every
-/// CRLF, bare CR and bare LF written as CRLF. The whole body is in memory,
-/// so a CR at a chunk edge needs no state: the next byte is right there.
+/// CRLF, bare CR and bare LF written as CRLF. The body comes in pieces cut
+/// anywhere, so a CR that ends one waits for the next to say what it is.
 #[derive(Debug, Default)]
 struct Stuffer {
+    /// Of a `Body::Whole`: how much is in the output.
     pos: usize,
     /// Nothing of the current line written yet (true at the start).
     line_start: bool,
+    /// The last piece ended in a CR: CRLF if the next begins with LF,
+    /// else a bare CR (written as CRLF all the same).
+    cr: bool,
     /// The final `.` CRLF is written.
     done: bool,
 }
@@ -197,38 +238,65 @@ impl Stuffer {
         }
     }
 
-    /// Appends to `out` until it holds about `limit` bytes or the body and
-    /// its end line are all written. Copies runs, never byte by byte.
-    fn fill(&mut self, body: &[u8], out: &mut Vec<u8>, limit: usize) {
-        while !self.done && out.len() < limit {
-            let rest = &body[self.pos..];
-            let Some(&first) = rest.first() else {
-                if !self.line_start {
-                    out.extend_from_slice(b"\r\n");
-                }
-                out.extend_from_slice(b".\r\n");
-                self.done = true;
-                return;
-            };
+    /// Appends all of `piece` to `out`, stuffed. Copies runs, never byte
+    /// by byte.
+    fn stuff(&mut self, mut rest: &[u8], out: &mut Vec<u8>) {
+        if self.cr && !rest.is_empty() {
+            self.cr = false;
+            if rest[0] == b'\n' {
+                rest = &rest[1..];
+            }
+            out.extend_from_slice(b"\r\n");
+            self.line_start = true;
+        }
+        while let Some(&first) = rest.first() {
             if self.line_start && first == b'.' {
                 out.push(b'.');
             }
-            // Look no further than what fits, so a huge line costs no
-            // rescans.
-            let room = limit.saturating_sub(out.len()).clamp(1, rest.len());
-            match memchr2(b'\r', b'\n', &rest[..room]) {
+            match memchr2(b'\r', b'\n', rest) {
                 Some(0) => {
-                    let len = if rest.starts_with(b"\r\n") { 2 } else { 1 };
+                    match (first, rest.get(1)) {
+                        (b'\r', None) => {
+                            self.cr = true;
+                            return;
+                        }
+                        (b'\r', Some(b'\n')) => rest = &rest[2..],
+                        _ => rest = &rest[1..],
+                    }
                     out.extend_from_slice(b"\r\n");
-                    self.pos += len;
                     self.line_start = true;
                 }
                 found => {
-                    let run = found.unwrap_or(room);
+                    let run = found.unwrap_or(rest.len());
                     out.extend_from_slice(&rest[..run]);
-                    self.pos += run;
+                    rest = &rest[run..];
                     self.line_start = false;
                 }
+            }
+        }
+    }
+
+    /// The body is over: close its last line and write the end line.
+    fn end(&mut self, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.cr) || !self.line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        self.done = true;
+    }
+
+    /// For a body in memory: stuffs until `out` holds about `limit` bytes
+    /// or the body and its end line are all written.
+    fn fill(&mut self, body: &[u8], out: &mut Vec<u8>, limit: usize) {
+        // An input byte makes two at most (a CR held from before makes
+        // its CRLF then too): half the room at a time stays within it.
+        while !self.done && out.len() < limit {
+            let room = (limit - out.len()) / 2;
+            let end = body.len().min(self.pos + room.max(1));
+            self.stuff(&body[self.pos..end], out);
+            self.pos = end;
+            if self.pos == body.len() {
+                self.end(out);
             }
         }
     }
@@ -528,7 +596,7 @@ impl Client {
 
     /// Why a transaction cannot even start here.
     fn local_refusal(&self, t: &Transaction) -> Option<Reply> {
-        let size = t.body.len() as u64;
+        let size = t.body.len();
         if let Some(limit) = self.ext.size.filter(|&limit| limit != 0 && limit < size) {
             let text =
                 format!("message size {size} exceeds the next hop's limit of {limit} octets");
@@ -712,15 +780,38 @@ impl Client {
         }
     }
 
-    /// Tops up the output from the body; moves on once the dot is in.
+    /// The loop should hand over the next piece of a `Body::Pieces` now
+    /// (`push_body`): the data has begun and the output is running low.
+    pub fn wants_body(&self) -> bool {
+        matches!(&self.state, State::Body(txn, _) if matches!(txn.body, Body::Pieces { .. }))
+            && self.out.len() < LOW_WATER
+    }
+
+    /// The next piece of a `Body::Pieces`; `last` for the final one (which
+    /// may be empty), after which the end-of-data line follows. Pieces are
+    /// cut anywhere; their sizes must add up to the promised size.
+    pub fn push_body(&mut self, piece: &[u8], last: bool) {
+        let State::Body(_, stuffer) = &mut self.state else {
+            debug_assert!(false, "push_body in state {}", self.state.name());
+            return;
+        };
+        stuffer.stuff(piece, &mut self.out);
+        if last {
+            stuffer.end(&mut self.out);
+            self.refill();
+        }
+    }
+
+    /// Tops up the output from a body in memory; moves on once the dot is in.
     fn refill(&mut self) {
         let State::Body(txn, stuffer) = &mut self.state else {
             return;
         };
-        if self.out.len() >= LOW_WATER {
-            return;
+        if let Body::Whole(body) = &txn.body {
+            if self.out.len() < LOW_WATER {
+                stuffer.fill(body, &mut self.out, HIGH_WATER);
+            }
         }
-        stuffer.fill(&txn.body, &mut self.out, HIGH_WATER);
         if stuffer.done {
             let State::Body(txn, _) = self.take_state() else {
                 unreachable!("matched above")

@@ -165,6 +165,12 @@ impl DataReader {
         }
     }
 
+    /// A problem has been seen: the message will be refused at end of data,
+    /// so what is stored of it meanwhile need not be kept.
+    pub fn failing(&self) -> bool {
+        self.too_big || self.line_too_long || self.bare_seen
+    }
+
     /// Line content (no CR or LF in it).
     fn text(&mut self, body: &mut Vec<u8>, bytes: &[u8]) {
         if bytes.is_empty() {
@@ -202,6 +208,122 @@ impl DataReader {
             self.stored = self.max_size;
             self.too_big = true;
         }
+    }
+}
+
+/// Counts `Received:` header fields as the message streams past, in pieces
+/// of any size, with the same reading as [`count_received`] (lines end at
+/// LF; the header section ends at the first empty line).
+#[derive(Debug, Default)]
+pub struct ReceivedCounter {
+    state: HeaderState,
+    /// The field name so far (only its first bytes matter).
+    name: [u8; 16],
+    name_len: usize,
+    /// Spaces and tabs after the name so far: trailing ones do not count.
+    blanks: usize,
+    count: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum HeaderState {
+    #[default]
+    LineStart,
+    /// A CR first on the line: an empty line if LF follows.
+    LineStartCr,
+    Name,
+    /// The rest of a line that is not (or no longer) of interest.
+    Skip,
+    /// Past the header section.
+    Done,
+}
+
+impl ReceivedCounter {
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        use HeaderState::*;
+        while let Some((&b, rest)) = bytes.split_first() {
+            match self.state {
+                Done => return,
+                Skip => match memchr(b'\n', bytes) {
+                    Some(k) => {
+                        bytes = &bytes[k + 1..];
+                        self.state = LineStart;
+                        continue;
+                    }
+                    None => return,
+                },
+                LineStart => {
+                    self.state = match b {
+                        b'\n' => Done,
+                        b'\r' => LineStartCr,
+                        b' ' | b'\t' => Skip,
+                        _ => {
+                            self.name_len = 0;
+                            self.blanks = 0;
+                            self.push_name(b);
+                            bytes = rest;
+                            self.state = Name;
+                            continue;
+                        }
+                    }
+                }
+                LineStartCr => {
+                    self.state = if b == b'\n' { Done } else { Skip };
+                    if b == b'\n' {
+                        return;
+                    }
+                    // Not consumed: the Skip state looks at it again.
+                    continue;
+                }
+                Name => {
+                    let Some(k) = memchr2(b':', b'\n', bytes) else {
+                        return self.name_part(bytes);
+                    };
+                    self.name_part(&bytes[..k]);
+                    if self.state == Name {
+                        self.state = if bytes[k] == b'\n' { LineStart } else { Skip };
+                        let name = &self.name[..self.name_len];
+                        if bytes[k] == b':' && name.eq_ignore_ascii_case(b"received") {
+                            self.count += 1;
+                        }
+                    } else if bytes[k] == b'\n' {
+                        self.state = LineStart;
+                    }
+                    bytes = &bytes[k + 1..];
+                    continue;
+                }
+            }
+            bytes = rest;
+        }
+    }
+
+    /// Part of a field name (no colon or LF in it). A name too long to be
+    /// `Received` is not looked at further: the line is skipped.
+    fn name_part(&mut self, part: &[u8]) {
+        for &b in part {
+            if b.is_ascii_whitespace() {
+                // Trailing blanks do not count; blanks inside the name do.
+                self.blanks += 1;
+                continue;
+            }
+            let blanks = std::mem::take(&mut self.blanks);
+            if self.name_len + blanks + 1 > self.name.len() {
+                self.state = HeaderState::Skip;
+                return;
+            }
+            self.name[self.name_len..self.name_len + blanks].fill(b' ');
+            self.name_len += blanks;
+            self.push_name(b);
+        }
+    }
+
+    fn push_name(&mut self, b: u8) {
+        self.name[self.name_len] = b;
+        self.name_len += 1;
     }
 }
 
@@ -642,6 +764,35 @@ mod proptests {
             if bare == Normalize && verdict.is_ok() {
                 prop_assert!(!has_bare_line_end(&body));
             }
+        }
+
+        #[test]
+        fn received_counter_agrees_with_count_received(
+            pieces in prop::collection::vec(prop_oneof![
+                3 => Just(b"Received: x\r\n".to_vec()),
+                1 => Just(b"received \t: y\n".to_vec()),
+                1 => Just(b"X-Received: z\r\n".to_vec()),
+                1 => Just(b"Rec eived: z\r\n".to_vec()),
+                1 => Just(b" Received: folded\r\n".to_vec()),
+                1 => Just(b"\r\n".to_vec()),
+                1 => Just(b"\r".to_vec()),
+                1 => Just(b"\n".to_vec()),
+                1 => Just(b"Received".to_vec()),
+                1 => Just(b"          ".to_vec()),
+                1 => Just(b":".to_vec()),
+                1 => "[a-zA-Z \t:]{1,30}".prop_map(String::into_bytes),
+            ], 0..30),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let input = pieces.concat();
+            let mut cuts: Vec<usize> = cuts.iter().map(|&c| c % (input.len() + 1)).collect();
+            cuts.extend([0, input.len()]);
+            cuts.sort_unstable();
+            let mut counter = ReceivedCounter::default();
+            for w in cuts.windows(2) {
+                counter.feed(&input[w[0]..w[1]]);
+            }
+            prop_assert_eq!(counter.count(), count_received(&input));
         }
 
         #[test]

@@ -11,10 +11,10 @@ use memchr::memchr;
 
 use super::address::{ForwardPath, ReversePath};
 use super::command::{self, BodyType, Command, CommandError, MailParams};
-use super::data::{count_received, BareLineEnds, DataError, DataReader};
+use super::data::{BareLineEnds, DataError, DataReader, ReceivedCounter};
 use crate::auth::{self, Failures, Users};
 use crate::config::Config;
-use crate::message::{Message, QueueIds, Recipient};
+use crate::message::{Message, QueueIds, Recipient, PIECE};
 use crate::policy::{Policy, Refusal};
 
 /// Command lines, CRLF included (RFC 5321 4.5.3.1.4).
@@ -125,9 +125,15 @@ struct Transaction {
     recipients: Vec<Recipient>,
     /// Queue ID, given at DATA so the `Received:` line can carry it.
     id: String,
-    /// Our `Received:` line, then the data as it arrives.
+    /// The piece being filled: our `Received:` line, then the data as it
+    /// arrives; once full it goes to the queue (`Session::piece`).
     body: Vec<u8>,
-    received_len: usize,
+    /// Full pieces already written to the queue.
+    chunks: u32,
+    /// Octets stored so far, pieces and `body`.
+    size: u64,
+    /// `Received:` fields of the data (ours not included), for the hop limit.
+    hops: ReceivedCounter,
 }
 
 #[derive(Debug)]
@@ -148,6 +154,7 @@ pub struct Session {
     user: Option<String>,
     out: Vec<u8>,
     accepted: Option<Message>,
+    discarded: Option<String>,
 }
 
 impl Session {
@@ -180,6 +187,7 @@ impl Session {
             user: None,
             out: Vec::new(),
             accepted: None,
+            discarded: None,
         }
     }
 
@@ -197,6 +205,45 @@ impl Session {
         !matches!(self.state, State::Committing | State::Closed)
             && !self.upgrade
             && self.out.len() < OUTPUT_HIGH_WATER
+            && self.piece().is_none()
+    }
+
+    /// A full piece of the message being received, to be written to the
+    /// queue now: (queue ID, piece number, bytes). Input waits until the
+    /// loop calls `piece_written`, so a session never holds more than one.
+    pub fn piece(&self) -> Option<(&str, u32, &[u8])> {
+        match &self.state {
+            // Full when the next input byte might not fit (a bare LF
+            // normalised takes two), so the buffer never grows past PIECE.
+            State::Data(txn, _) if txn.body.len() + 2 > PIECE => {
+                Some((&txn.id, txn.chunks, &txn.body))
+            }
+            _ => None,
+        }
+    }
+
+    /// The piece is with the queue (or lost with it, which the queue
+    /// remembers: the message then gets 451 at its end).
+    pub fn piece_written(&mut self) {
+        if let State::Data(txn, _) = &mut self.state {
+            txn.body.clear();
+            txn.chunks += 1;
+        }
+    }
+
+    /// The queue ID of a message being received that has pieces in the
+    /// queue: if the session ends now, they must be discarded.
+    pub fn unfinished_pieces(&self) -> Option<&str> {
+        match &self.state {
+            State::Data(txn, _) if txn.chunks > 0 => Some(&txn.id),
+            _ => None,
+        }
+    }
+
+    /// A message refused at its end whose pieces are in the queue: the
+    /// loop discards them.
+    pub fn take_discarded(&mut self) -> Option<String> {
+        self.discarded.take()
     }
 
     /// STARTTLS was accepted: once the 220 is written, the loop must throw
@@ -238,10 +285,24 @@ impl Session {
         let mut pos = 0;
         while pos < input.len() && self.wants_input() {
             if let State::Data(txn, reader) = &mut self.state {
-                let (used, done) = reader.feed(&input[pos..], &mut txn.body);
+                // No more than fits in the piece: unstuffing never grows
+                // the data, normalising a bare line end doubles it at most.
+                let room = PIECE.saturating_sub(txn.body.len());
+                let room = match env.settings.bare_lf {
+                    BareLineEnds::Reject => room,
+                    BareLineEnds::Normalize => room / 2,
+                };
+                let end = input.len().min(pos + room.max(1));
+                let before = txn.body.len();
+                let (used, done) = reader.feed(&input[pos..end], &mut txn.body);
                 pos += used;
+                txn.hops.feed(&txn.body[before..]);
+                txn.size += (txn.body.len() - before) as u64;
                 if done {
                     self.end_of_data(env);
+                } else if reader.failing() || txn.hops.count() > env.settings.max_hops {
+                    // It will be refused: nothing of it needs keeping.
+                    txn.body.clear();
                 }
                 continue;
             }
@@ -521,8 +582,10 @@ impl Session {
         };
         let settings = env.settings;
         txn.id = env.ids.next(env.now);
-        txn.body = received_header(self, &txn, settings, env.now).into_bytes();
-        txn.received_len = txn.body.len();
+        let received = received_header(self, &txn, settings, env.now);
+        txn.size = received.len() as u64;
+        // Grown as the data comes, so a small message takes little.
+        txn.body = received.into_bytes();
         let reader = DataReader::new(settings.max_message_size, settings.bare_lf);
         self.state = State::Data(txn, reader);
         self.out
@@ -539,12 +602,15 @@ impl Session {
             Err(DataError::BareLineEnd) => {
                 Err("550 5.6.0 Error: bare LF or CR in message text (RFC 5321 2.3.8)")
             }
-            Ok(()) if count_received(&txn.body[txn.received_len..]) > env.settings.max_hops => {
+            Ok(()) if txn.hops.count() > env.settings.max_hops => {
                 Err("554 5.4.6 Error: too many hops")
             }
             Ok(()) => Ok(()),
         };
         if let Err(reply) = verdict {
+            if txn.chunks > 0 {
+                self.discarded = Some(txn.id);
+            }
             self.reply(reply);
             if self.shutting_down {
                 self.shutdown(env.settings);
@@ -563,6 +629,8 @@ impl Session {
             eight_bit: txn.params.body == BodyType::EightBitMime,
             smtputf8: txn.params.smtputf8,
             body: txn.body,
+            chunks: txn.chunks,
+            size: txn.size,
         });
         self.state = State::Committing;
     }
@@ -848,5 +916,126 @@ mod tests {
         session.receive(b"RCPT TO:<brown@beta.arpa>\r\n", &mut env);
         let out = String::from_utf8(session.output().clone()).unwrap();
         assert!(out.ends_with("451 4.3.0 Error: queue file write error, try again later\r\n503 5.5.1 Error: need MAIL command\r\n"), "{out}");
+    }
+
+    /// Plays `chunks` like `play`, writing full body pieces out the way
+    /// the loop does; returns the replies and each accepted message whole
+    /// (its pieces, then its end) with its piece count.
+    fn play_pieces<'a>(
+        settings: &Settings,
+        chunks: impl IntoIterator<Item = &'a [u8]>,
+    ) -> (String, Vec<(Vec<u8>, u32, u64)>) {
+        let mut ids = QueueIds::default();
+        let mut failures = Failures::default();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut session = Session::new(settings, "192.0.2.9".parse().unwrap(), false);
+        let (mut held, mut pieces, mut accepted) = (Vec::new(), Vec::new(), Vec::new());
+        for chunk in chunks {
+            held.extend_from_slice(chunk);
+            loop {
+                let mut env = Env {
+                    settings,
+                    now,
+                    ids: &mut ids,
+                    auth_failures: &mut failures,
+                };
+                let used = session.receive(&held, &mut env);
+                held.drain(..used);
+                if let Some((_, seq, data)) = session.piece() {
+                    assert!(data.len() <= PIECE, "a piece of {}", data.len());
+                    assert_eq!(seq as usize, pieces.len());
+                    pieces.push(data.to_vec());
+                    session.piece_written();
+                    continue;
+                }
+                let Some(message) = session.take_accepted() else {
+                    break;
+                };
+                session.committed(Ok(&message.id), settings);
+                assert_eq!(message.chunks as usize, pieces.len());
+                let mut whole = std::mem::take(&mut pieces).concat();
+                whole.extend_from_slice(&message.body);
+                assert_eq!(whole.len() as u64, message.size);
+                accepted.push((whole, message.chunks, message.size));
+            }
+        }
+        let out = String::from_utf8(std::mem::take(session.output())).unwrap();
+        (out, accepted)
+    }
+
+    #[test]
+    fn a_big_message_leaves_in_pieces_that_join_up_whatever_the_split() {
+        let s = settings("max_message_size = 1000000\nbare_lf = \"normalize\"\n");
+        let mut data = Vec::new();
+        let mut n = 0;
+        while data.len() < 300_000 {
+            n += 1;
+            match n % 5 {
+                0 => data.extend_from_slice(b"..a stuffed dot\r\n"),
+                1 => data.extend_from_slice(b"bare lf\n"),
+                _ => data.extend_from_slice(b"Lorem ipsum dolor sit amet, consectetur\r\n"),
+            }
+        }
+        let mut input =
+            b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<jones@beta.arpa>\r\nDATA\r\n".to_vec();
+        input.extend_from_slice(&data);
+        input.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
+        let whole = play_pieces(&s, [input.as_slice()]);
+        let [(body, chunks, _)] = whole.1.as_slice() else {
+            panic!("{:?}", whole.0)
+        };
+        assert!(*chunks >= 4, "{chunks} pieces");
+        let text = String::from_utf8_lossy(body);
+        let data_start = text.find("\r\n").unwrap() + 2;
+        assert!(text.starts_with("Received: "));
+        assert!(!body[data_start..]
+            .windows(2)
+            .any(|w| w[1] == b'\n' && w[0] != b'\r'));
+        assert!(text.contains("\r\n.a stuffed dot\r\n"));
+        for size in [1, 1000, 4096, 65_536, 100_000] {
+            let split = play_pieces(&s, input.chunks(size));
+            assert_eq!(split.0, whole.0, "read {size} at a time");
+            assert_eq!(split.1, whole.1, "read {size} at a time");
+        }
+    }
+
+    #[test]
+    fn a_refused_big_message_says_which_pieces_to_discard() {
+        let s = settings("max_message_size = 100000\n");
+        let mut input =
+            b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<jones@beta.arpa>\r\nDATA\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b"0123456789abcdef\r\n".as_slice(), 10_000).flatten());
+        input.extend_from_slice(b".\r\nNOOP\r\n");
+        let mut ids = QueueIds::default();
+        let mut failures = Failures::default();
+        let mut session = Session::new(&s, "192.0.2.9".parse().unwrap(), false);
+        let mut env = Env {
+            settings: &s,
+            now: SystemTime::now(),
+            ids: &mut ids,
+            auth_failures: &mut failures,
+        };
+        let mut pos = 0;
+        let mut pieces = 0;
+        let mut discarded = None;
+        while pos < input.len() {
+            pos += session.receive(&input[pos..], &mut env);
+            if session.piece().is_some() {
+                assert!(session.unfinished_pieces().is_some() || pieces == 0);
+                session.piece_written();
+                pieces += 1;
+            }
+            discarded = discarded.or(session.take_discarded());
+        }
+        // Stored up to the limit only, then refused at the end.
+        assert_eq!(pieces, 1);
+        assert!(session.take_accepted().is_none());
+        assert!(discarded.is_some());
+        assert!(session.unfinished_pieces().is_none());
+        let out = String::from_utf8(session.output().clone()).unwrap();
+        assert!(
+            out.ends_with("552 5.3.4 Error: message file too big\r\n250 2.0.0 Ok\r\n"),
+            "{out}"
+        );
     }
 }
