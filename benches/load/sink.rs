@@ -115,8 +115,14 @@ pub fn run(
             last_count = count;
             next_report += Duration::from_secs(1);
         }
-        let timeout = deadline
-            .min(next_report)
+        // The report's second only when reporting: without `report` it
+        // never moves on, and a wake-up time in the past spins the loop.
+        let wake = if report {
+            deadline.min(next_report)
+        } else {
+            deadline
+        };
+        let timeout = wake
             .saturating_duration_since(now)
             .min(Duration::from_millis(100));
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
