@@ -75,7 +75,9 @@ impl Plan {
             _ => {
                 let name = ServerName::try_from("localhost").expect("a valid name");
                 let resume = args.resumption == OnOff::On;
-                Some(Arc::new(tls::client(mode, name, resume)?))
+                // Tickets for every session and the next one.
+                let tickets = 2 * args.connections as usize;
+                Some(Arc::new(tls::client(mode, name, resume, tickets)?))
             }
         };
         Ok(Plan {

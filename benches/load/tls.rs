@@ -2,21 +2,24 @@
 //! any certificate (a load tool measures, it does not authenticate), and a
 //! test certificate for the mailhop that `--e2e` starts.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::Resumption;
+use rustls::client::{
+    ClientSessionMemoryCache, ClientSessionStore, Resumption, Tls12ClientSessionValue,
+    Tls13ClientSessionValue,
+};
 use rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, NamedGroup, SignatureScheme};
 
 use super::args::{Args, CertType};
 
-/// Client sessions remembered with `--resumption on`. rustls keeps up to
-/// eight TLS 1.3 tickets per server name, and every target has one name.
-const SESSION_CACHE: usize = 1024;
+/// TLS 1.2 sessions (one per server name) and key-exchange hints.
+const SESSION_CACHE: usize = 64;
 
 /// How the sessions of a run speak TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +58,13 @@ pub struct Client {
 /// `resumption`: keep a session cache (reconnects resume) or none (every
 /// handshake is a full one). Protocol versions are rustls's defaults
 /// (TLS 1.3 and 1.2), as a real client would offer.
-pub fn client(mode: Mode, name: ServerName<'static>, resumption: bool) -> Result<Client, String> {
+/// `tickets`: TLS 1.3 tickets kept per server name (single use each).
+pub fn client(
+    mode: Mode,
+    name: ServerName<'static>,
+    resumption: bool,
+    tickets: usize,
+) -> Result<Client, String> {
     let provider = Arc::new(ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -64,7 +73,7 @@ pub fn client(mode: Mode, name: ServerName<'static>, resumption: bool) -> Result
         .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
         .with_no_client_auth();
     config.resumption = if resumption {
-        Resumption::in_memory_sessions(SESSION_CACHE)
+        Resumption::store(Arc::new(TicketPool::new(tickets)))
     } else {
         Resumption::disabled()
     };
@@ -73,6 +82,73 @@ pub fn client(mode: Mode, name: ServerName<'static>, resumption: bool) -> Result
         config: Arc::new(config),
         name,
     })
+}
+
+/// rustls's own client cache keeps at most eight TLS 1.3 tickets per
+/// server name, and a ticket serves one connection: at c=100 against one
+/// server, 92 of every burst of reconnects would do a full handshake for
+/// want of a ticket, which a fleet of real clients, each with its own
+/// cache, would not. This pool keeps up to `per_name` tickets instead,
+/// oldest dropped first; the rest is rustls's cache.
+#[derive(Debug)]
+struct TicketPool {
+    per_name: usize,
+    tls13: Mutex<HashMap<ServerName<'static>, VecDeque<Tls13ClientSessionValue>>>,
+    rest: ClientSessionMemoryCache,
+}
+
+impl TicketPool {
+    fn new(per_name: usize) -> TicketPool {
+        TicketPool {
+            per_name: per_name.max(8),
+            tls13: Mutex::new(HashMap::new()),
+            rest: ClientSessionMemoryCache::new(SESSION_CACHE),
+        }
+    }
+}
+
+impl ClientSessionStore for TicketPool {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.rest.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.rest.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.rest.set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.rest.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.rest.remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: Tls13ClientSessionValue,
+    ) {
+        let mut pool = self.tls13.lock().unwrap_or_else(|e| e.into_inner());
+        let tickets = pool.entry(server_name).or_default();
+        if tickets.len() >= self.per_name {
+            tickets.pop_front();
+        }
+        tickets.push_back(value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<Tls13ClientSessionValue> {
+        let mut pool = self.tls13.lock().unwrap_or_else(|e| e.into_inner());
+        // The newest: the likeliest to be still valid.
+        pool.get_mut(server_name)?.pop_back()
+    }
 }
 
 /// Takes any certificate, but checks the handshake signatures: the client
