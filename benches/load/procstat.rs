@@ -6,6 +6,11 @@
 //! children that exited and were reaped (cutime + cstime): a Postfix smtpd
 //! that ends during the run leaves its time with the master, so the sum over
 //! the tree stays whole.
+//!
+//! Memory is sampled twice over: VmRSS summed (what was asked for, and
+//! right for one process), and PSS summed (smaps_rollup: shared pages split
+//! between their users), which is the honest sum for a tree of processes
+//! sharing libraries and memory, like Postfix's.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +27,8 @@ pub struct ServerFigures {
     pub cpu_s: Option<f64>,
     /// The highest sum of VmRSS seen, bytes (sampled every 100 ms).
     pub peak_rss: Option<u64>,
+    /// The highest sum of PSS seen, bytes (same samples).
+    pub peak_pss: Option<u64>,
     /// Processes counted at the end.
     pub processes: usize,
 }
@@ -31,7 +38,7 @@ pub struct Watch {
     trees: Vec<u32>,
     cpu0: Option<u64>,
     stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
+    peak: Arc<Peaks>,
     sampler: Option<JoinHandle<()>>,
 }
 
@@ -43,7 +50,7 @@ impl Watch {
         }
         let (pids, trees) = (pids.to_vec(), trees.to_vec());
         let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(0));
+        let peak = Arc::new(Peaks::default());
         let sampler = {
             let (pids, trees, stop, peak) =
                 (pids.clone(), trees.clone(), stop.clone(), peak.clone());
@@ -51,8 +58,7 @@ impl Watch {
                 .name("rss-sampler".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        let rss = members(&pids, &trees).iter().filter_map(|m| rss(m.0)).sum();
-                        peak.fetch_max(rss, Ordering::Relaxed);
+                        peak.sample(&members(&pids, &trees));
                         thread::sleep(SAMPLE_EVERY);
                     }
                 })
@@ -77,16 +83,35 @@ impl Watch {
             let _ = t.join();
         }
         // One last sample: a run shorter than 100 ms still has a figure.
-        let last: u64 = now.iter().filter_map(|m| rss(m.0)).sum();
-        let peak = self.peak.load(Ordering::Relaxed).max(last);
+        self.peak.sample(&now);
+        let peak = |a: &AtomicU64| Some(a.load(Ordering::Relaxed)).filter(|&b| b > 0);
         ServerFigures {
             cpu_s: match (self.cpu0, cpu1) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / ticks_per_s()),
                 _ => None,
             },
-            peak_rss: (peak > 0).then_some(peak),
+            peak_rss: peak(&self.peak.rss),
+            peak_pss: peak(&self.peak.pss),
             processes: now.len(),
         }
+    }
+}
+
+#[derive(Default)]
+struct Peaks {
+    rss: AtomicU64,
+    pss: AtomicU64,
+}
+
+impl Peaks {
+    fn sample(&self, members: &[(u32, bool)]) {
+        let (mut rss, mut pss) = (0, 0);
+        for &(pid, _) in members {
+            rss += kb(&format!("/proc/{pid}/status"), "VmRSS:").unwrap_or(0);
+            pss += kb(&format!("/proc/{pid}/smaps_rollup"), "Pss:").unwrap_or(0);
+        }
+        self.rss.fetch_max(rss, Ordering::Relaxed);
+        self.pss.fetch_max(pss, Ordering::Relaxed);
     }
 }
 
@@ -157,12 +182,12 @@ fn ticks_per_s() -> f64 {
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
-/// VmRSS in bytes.
-fn rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
+/// The `key:` line of a /proc file that counts in kB, in bytes.
+fn kb(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let kb: u64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(key))?
         .split_whitespace()
         .next()?
         .parse()

@@ -352,14 +352,17 @@ fn text_more(
             (Some(c), None) => format!("{c:.2} s CPU"),
             _ => "CPU ? (a process ended)".to_string(),
         };
-        let rss = s
-            .peak_rss
-            .map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)))
-            .unwrap_or_else(|| "?".into());
+        let mib = |b: Option<u64>| {
+            b.map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)))
+                .unwrap_or_else(|| "?".into())
+        };
         let _ = writeln!(
             out,
-            "  server ({} processes at the end): {cpu} over the load; peak RSS {rss} (VmRSS sampled every 100 ms, summed)",
-            s.processes
+            "  server ({} processes at the end): {cpu} over the load; peak RSS {}, peak PSS {} \
+             (sampled every 100 ms, summed)",
+            s.processes,
+            mib(s.peak_rss),
+            mib(s.peak_pss)
         );
     }
     let _ = writeln!(
@@ -415,6 +418,7 @@ fn json_more(v: &mut Value, setup: &Setup, load: &LoadResult, l: &Lats, e2e: Opt
                 "cpu_s": s.cpu_s.map(round3),
                 "cpu_us_per_accepted": load.server_cpu_us().map(round3),
                 "peak_rss_bytes": s.peak_rss,
+                "peak_pss_bytes": s.peak_pss,
                 "processes": s.processes,
             }),
         );
