@@ -7,6 +7,11 @@
 //! - `--e2e`: a release mailhop relaying to an in-process sink, loaded,
 //!   until the sink has every message: accepted/s, delivered/s, peak RSS.
 //!
+//! `--starttls` or `--tls` put the load over TLS (handshakes/s, resumed
+//! handshakes, handshake latency); `--plain-probe N` measures plain
+//! sessions beside it; `--server-pid`/`--server-pid-tree` (and `--e2e` by
+//! itself) report the server's CPU per message and peak RSS.
+//!
 //! `--json` prints one line of JSON instead. Every mode stops by itself
 //! within `--max-time`. Exit code: 0 when the run happened (errors are
 //! figures, not failures), 1 when it could not be set up or an end-to-end
@@ -20,10 +25,14 @@ mod client;
 mod e2e;
 #[path = "load/message.rs"]
 mod message;
+#[path = "load/procstat.rs"]
+mod procstat;
 #[path = "load/sink.rs"]
 mod sink;
 #[path = "load/stats.rs"]
 mod stats;
+#[path = "load/tls.rs"]
+mod tls;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -52,7 +61,8 @@ fn main() -> ExitCode {
     if let Some(port) = args.sink {
         return sink_mode(&args, port);
     }
-    let setup = |mode, target: String| Setup {
+    let tls_mode = tls::Mode::of(&args);
+    let setup = |mode, target: String, cert| Setup {
         mode,
         target,
         connections: args.connections,
@@ -61,12 +71,16 @@ fn main() -> ExitCode {
         recipients: args.recipients,
         pipelining: args.pipelining,
         reuse: args.reuse,
+        tls: tls_mode.name(),
+        resumption: args.resumption == args::OnOff::On,
+        cert,
+        plain_probe: args.plain_probe,
     };
     if args.e2e {
         return match e2e::run(&args) {
             Ok(mut out) => {
                 stats::print(
-                    &setup("e2e", out.target.clone()),
+                    &setup("e2e", out.target.clone(), out.cert),
                     &mut out.load,
                     Some(&out.e2e),
                     args.json,
@@ -84,23 +98,28 @@ fn main() -> ExitCode {
         };
     }
     let target = args.target.expect("clap requires a mode");
-    let recipients = args.recipients();
-    let msgs = message::Messages::new(&args.from, &recipients, args.size);
-    let plan = client::Plan {
-        target,
-        connections: args.connections as usize,
-        messages: args.messages,
-        recipients,
-        from: args.from.clone(),
-        helo: args.helo.clone(),
-        pipelining: args.pipelining,
-        reuse: args.reuse,
-        deadline: Instant::now() + args.max_time(),
+    if args.tls && args.plain_probe > 0 && args.probe_target.is_none() {
+        eprintln!("load: --tls with --plain-probe needs --probe-target (a plain port)");
+        return ExitCode::from(2);
+    }
+    let probe_target = args.probe_target.unwrap_or(target);
+    let msgs = message::Messages::new(&args.from, &args.recipients(), args.size);
+    let deadline = Instant::now() + args.max_time();
+    let plan = match client::Plan::new(&args, target, probe_target, deadline) {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("load: {e}");
+            return ExitCode::from(1);
+        }
     };
-    match client::run(&plan, &msgs) {
+    let watch = procstat::Watch::start(&args.server_pid, &args.server_pid_tree);
+    let run = client::run(&plan, &msgs);
+    let server = watch.map(procstat::Watch::finish);
+    match run {
         Ok(mut load) => {
+            load.server = server;
             stats::print(
-                &setup("target", target.to_string()),
+                &setup("target", target.to_string(), None),
                 &mut load,
                 None,
                 args.json,

@@ -8,9 +8,14 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::ServerSessionMemoryCache;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 use crate::config::{Config, TlsOutbound};
+
+/// Server sessions kept for TLS 1.2 clients that resume by session ID
+/// (bounded: the oldest go first). A few hundred bytes each.
+const SERVER_SESSION_CACHE: usize = 4096;
 
 #[derive(Clone)]
 pub struct TlsSetup {
@@ -38,12 +43,20 @@ pub fn load(config: &Config) -> Result<TlsSetup, String> {
             }
             let key = PrivateKeyDer::from_pem_file(key)
                 .map_err(|e| format!("tls.key: {}: {e}", key.display()))?;
-            let server = ServerConfig::builder_with_provider(provider.clone())
+            let mut server = ServerConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| format!("tls: {e}"))?
                 .with_no_client_auth()
                 .with_single_cert(chain, key)
                 .map_err(|e| format!("tls.cert/tls.key: {e}"))?;
+            // Session resumption, so that a client coming back (a relay
+            // sending the next batch) skips the key exchange and the
+            // signature: stateless tickets (TLS 1.3 and 1.2, keys rotated
+            // by rustls every 6 hours, so the loop keeps no per-client
+            // state for them) and a bounded cache for session IDs.
+            server.ticketer =
+                ring::Ticketer::new().map_err(|e| format!("tls: session ticket keys: {e}"))?;
+            server.session_storage = ServerSessionMemoryCache::new(SERVER_SESSION_CACHE);
             Some(Arc::new(server))
         }
         _ => None,
@@ -135,5 +148,89 @@ impl ServerCertVerifier for Unverified {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use rustls::{ClientConnection, Connection, HandshakeKind, ServerConnection};
+
+    use super::*;
+
+    /// A config naming a fresh self-signed certificate in `dir`.
+    fn config_with_cert(dir: &Path) -> Config {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+        let text = "[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n";
+        Config::from_toml(text, dir, "test.toml").unwrap()
+    }
+
+    /// Moves what `from` has to send into `to`; false if nothing.
+    fn pass(from: &mut Connection, to: &mut Connection) -> bool {
+        let mut wire = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut wire).unwrap();
+        }
+        let mut rd = &wire[..];
+        while !rd.is_empty() {
+            to.read_tls(&mut rd).unwrap();
+            to.process_new_packets().unwrap();
+        }
+        !wire.is_empty()
+    }
+
+    /// Both ways, in memory, until neither side has anything to send
+    /// (the server's tickets come after its handshake is done).
+    fn exchange(client: &mut Connection, server: &mut Connection) {
+        for _ in 0..20 {
+            let sent = pass(client, server);
+            if !(pass(server, client) || sent) {
+                return;
+            }
+        }
+        panic!("the handshake did not settle");
+    }
+
+    fn handshake(setup: &TlsSetup) -> Option<HandshakeKind> {
+        let server = setup.server.clone().expect("a server config");
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client: Connection = ClientConnection::new(setup.client.clone(), name)
+            .unwrap()
+            .into();
+        let mut server: Connection = ServerConnection::new(server).unwrap().into();
+        exchange(&mut client, &mut server);
+        assert!(!client.is_handshaking() && !server.is_handshaking());
+        assert_eq!(client.handshake_kind(), server.handshake_kind());
+        client.handshake_kind()
+    }
+
+    #[test]
+    fn second_handshake_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let setup = load(&config_with_cert(dir.path())).unwrap();
+        assert!(setup.server.as_ref().unwrap().ticketer.enabled());
+        // The relay's own client config (no verification by default)
+        // keeps the ticket the server sends after the first handshake.
+        assert_eq!(handshake(&setup), Some(HandshakeKind::Full));
+        assert_eq!(handshake(&setup), Some(HandshakeKind::Resumed));
+    }
+
+    #[test]
+    fn tls12_client_resumes_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut setup = load(&config_with_cert(dir.path())).unwrap();
+        let provider = Arc::new(ring::default_provider());
+        let tls12 = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+            .with_no_client_auth();
+        setup.client = Arc::new(tls12);
+        assert_eq!(handshake(&setup), Some(HandshakeKind::Full));
+        assert_eq!(handshake(&setup), Some(HandshakeKind::Resumed));
     }
 }

@@ -1,6 +1,8 @@
 //! End to end: a release mailhop on a temporary queue, relaying everything
 //! to an in-process sink; load it, wait for the sink to hold every accepted
-//! recipient, read mailhop's peak RSS, stop it.
+//! recipient, read mailhop's peak RSS, stop it. With `--starttls`/`--tls`
+//! a test certificate is written into the temporary directory and named
+//! in mailhop's `[tls]` (with an `implicit_listen` for `--tls`).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -15,8 +17,10 @@ use std::time::{Duration, Instant};
 use super::args::Args;
 use super::client::{self, Plan};
 use super::message::Messages;
+use super::procstat::Watch;
 use super::sink::{self, SinkStats};
 use super::stats::{E2eResult, LoadResult};
+use super::tls;
 
 /// How long mailhop may take to say `listening on`, and to stop.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,6 +28,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Outcome {
     pub target: String,
+    /// The certificate's key type, with TLS.
+    pub cert: Option<&'static str>,
     pub load: LoadResult,
     pub e2e: E2eResult,
 }
@@ -58,9 +64,21 @@ pub fn run(args: &Args) -> Result<Outcome, String> {
         stop.store(true, Ordering::Relaxed);
     };
 
-    let config = write_config(dir.path(), args, sink_addr)?;
+    let cert = match args.starttls || args.tls {
+        true => Some(tls::write_test_cert(dir.path(), args.cert_type)?),
+        false => None,
+    };
+    let config = match write_config(dir.path(), args, sink_addr, cert.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            stop_sink();
+            let _ = sink_thread.join();
+            return Err(e);
+        }
+    };
     let log_path = dir.path().join("mailhop.log");
-    let mut mailhop = match Mailhop::start(&binary, &config, dir.path(), &log_path) {
+    let listeners = if args.tls { 2 } else { 1 };
+    let mut mailhop = match Mailhop::start(&binary, &config, dir.path(), &log_path, listeners) {
         Ok(m) => m,
         Err(e) => {
             stop_sink();
@@ -68,26 +86,29 @@ pub fn run(args: &Args) -> Result<Outcome, String> {
             return Err(format!("{e}\n{}", log_tail(&log_path)));
         }
     };
-    let target = mailhop.addr;
+    // Plain listener first, then the implicit-TLS one (as mailhop binds them).
+    let plain = mailhop.addrs[0];
+    let target = *mailhop.addrs.last().expect("one listener at least");
 
-    let recipients = args.recipients();
-    let msgs = Messages::new(&args.from, &recipients, args.size);
-    let plan = Plan {
-        target,
-        connections: args.connections as usize,
-        messages: args.messages,
-        recipients,
-        from: args.from.clone(),
-        helo: args.helo.clone(),
-        pipelining: args.pipelining,
-        reuse: args.reuse,
-        deadline,
+    let msgs = Messages::new(&args.from, &args.recipients(), args.size);
+    let plan = match Plan::new(args, target, plain, deadline) {
+        Ok(p) => p,
+        Err(e) => {
+            mailhop.stop();
+            stop_sink();
+            let _ = sink_thread.join();
+            return Err(e);
+        }
     };
+    let watch = Watch::start(&[mailhop.child.id()], &[]);
     let t0 = Instant::now();
     let load = client::run(&plan, &msgs);
 
     // Wait (bounded) until the sink has every recipient mailhop accepted.
-    let want = load.as_ref().map(|l| l.accepted_rcpts).unwrap_or(0);
+    let want = load
+        .as_ref()
+        .map(|l| l.accepted_rcpts + l.probe.accepted_rcpts)
+        .unwrap_or(0);
     while stats.rcpts.load(Ordering::Acquire) < want && Instant::now() < deadline {
         if mailhop.exited() {
             break;
@@ -96,6 +117,7 @@ pub fn run(args: &Args) -> Result<Outcome, String> {
     }
     let delivered = stats.messages.load(Ordering::Acquire);
     let delivered_rcpts = stats.rcpts.load(Ordering::Acquire);
+    let server = watch.map(Watch::finish);
 
     let (peak_rss, rss) = mailhop.memory();
     let cpu_s = mailhop.cpu_seconds();
@@ -103,15 +125,18 @@ pub fn run(args: &Args) -> Result<Outcome, String> {
     stop_sink();
     let _ = sink_thread.join();
 
-    let load = load.map_err(|e| format!("load: {e}"))?;
+    let mut load = load.map_err(|e| format!("load: {e}"))?;
+    load.server = server;
     let e2e = E2eResult {
         delivered,
         delivered_rcpts,
+        delivered_bytes: stats.bytes.load(Ordering::Acquire),
+        expected_rcpts: want,
         delivery_elapsed: stats
             .last_message()
             .map(|t| t.saturating_duration_since(t0))
             .unwrap_or_default(),
-        complete: delivered_rcpts >= load.accepted_rcpts,
+        complete: delivered_rcpts >= want,
         peak_rss,
         rss,
         cpu_s,
@@ -127,12 +152,21 @@ pub fn run(args: &Args) -> Result<Outcome, String> {
     }
     Ok(Outcome {
         target: target.to_string(),
+        cert: cert.map(|_| args.cert_type.name()),
         load,
         e2e,
     })
 }
 
-fn write_config(dir: &Path, args: &Args, sink: SocketAddr) -> Result<PathBuf, String> {
+/// mailhop's limit when the config says nothing (SPEC section 2).
+const DEFAULT_MAX_MESSAGE_SIZE: usize = 10 << 20;
+
+fn write_config(
+    dir: &Path,
+    args: &Args,
+    sink: SocketAddr,
+    cert: Option<&(PathBuf, PathBuf)>,
+) -> Result<PathBuf, String> {
     let domain = args.to.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
     let conns = (args.connections as u64).max(100);
     let mut text = format!(
@@ -147,9 +181,28 @@ fn write_config(dir: &Path, args: &Args, sink: SocketAddr) -> Result<PathBuf, St
         (conns * 2).max(10_000),
         conns * 2,
     );
+    // Room for --size 10M and up (headers included), unless set by hand.
+    let set_by_hand = |key: &str| {
+        args.mailhop_set
+            .iter()
+            .any(|l| l.trim_start().starts_with(key))
+    };
+    if args.size * 2 > DEFAULT_MAX_MESSAGE_SIZE && !set_by_hand("max_message_size") {
+        text.push_str(&format!("max_message_size = {}\n", args.size * 2));
+    }
     for line in &args.mailhop_set {
         text.push_str(line);
         text.push('\n');
+    }
+    if let Some((cert, key)) = cert {
+        text.push_str(&format!(
+            "\n[tls]\ncert = {:?}\nkey = {:?}\n",
+            cert.display(),
+            key.display()
+        ));
+        if args.tls {
+            text.push_str("implicit_listen = [\"127.0.0.1:0\"]\n");
+        }
     }
     text.push_str(&format!("\n[routes]\n\"*\" = \"{sink}\"\n"));
     if !domain.is_empty() && domain != "*" {
@@ -244,12 +297,20 @@ fn warn_if_stale(binary: &Path) {
 
 struct Mailhop {
     child: Child,
-    addr: SocketAddr,
+    /// The bound addresses, in the order mailhop logged them.
+    addrs: Vec<SocketAddr>,
     stopped: bool,
 }
 
 impl Mailhop {
-    fn start(binary: &Path, config: &Path, dir: &Path, log: &Path) -> Result<Mailhop, String> {
+    /// Waits for `listeners` `listening on` lines.
+    fn start(
+        binary: &Path,
+        config: &Path,
+        dir: &Path,
+        log: &Path,
+        listeners: usize,
+    ) -> Result<Mailhop, String> {
         let mut log_file = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let mut child = Command::new(binary)
             .arg("serve")
@@ -271,28 +332,35 @@ impl Mailhop {
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             let mut tx = Some(tx);
+            let mut found = 0;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let _ = writeln!(log_file, "{line}");
                 if let Some(at) = line.find("listening on ") {
                     let addr = line[at + 13..].split_whitespace().next().unwrap_or("");
-                    if let (Ok(addr), Some(tx)) = (addr.parse::<SocketAddr>(), tx.take()) {
-                        let _ = tx.send(addr);
+                    if let (Ok(addr), Some(sender)) = (addr.parse::<SocketAddr>(), tx.as_ref()) {
+                        let _ = sender.send(addr);
+                        found += 1;
+                        if found == listeners {
+                            tx = None;
+                        }
                     }
                 }
             }
         });
         let mut mailhop = Mailhop {
             child,
-            addr: "0.0.0.0:0".parse().expect("an address"),
+            addrs: Vec::new(),
             stopped: false,
         };
         let until = Instant::now() + START_TIMEOUT;
         loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(addr) => {
-                    mailhop.addr = addr;
-                    return Ok(mailhop);
+                    mailhop.addrs.push(addr);
+                    if mailhop.addrs.len() == listeners {
+                        return Ok(mailhop);
+                    }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = mailhop.stop();

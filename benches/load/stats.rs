@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::procstat::ServerFigures;
+
 /// What the load generator did.
 #[derive(Debug, Default)]
 pub struct LoadResult {
@@ -18,6 +20,8 @@ pub struct LoadResult {
     pub accepted: u64,
     /// Recipients accepted in accepted messages (what the next hop must get).
     pub accepted_rcpts: u64,
+    /// Bytes of the accepted messages (headers and body, unstuffed).
+    pub accepted_bytes: u64,
     /// Messages that ended otherwise (refused, connection lost).
     pub failed: u64,
     /// From the first connect to the last final reply.
@@ -29,6 +33,32 @@ pub struct LoadResult {
     pub connections_opened: u64,
     /// Stopped by --max-time.
     pub timed_out: bool,
+    pub tls: TlsFigures,
+    pub probe: ProbeFigures,
+    /// CPU and memory of the server processes, when watched.
+    pub server: Option<ServerFigures>,
+}
+
+/// The TLS handshakes of the load sessions.
+#[derive(Debug, Default)]
+pub struct TlsFigures {
+    /// Completed handshakes, and how many of them resumed a session.
+    pub handshakes: u64,
+    pub resumed: u64,
+    /// From ClientHello queued (TCP connected, or the 220 to STARTTLS) to
+    /// the handshake done, microseconds.
+    pub handshake_us: Vec<u32>,
+}
+
+/// The plain sessions of `--plain-probe`, apart from the load.
+#[derive(Debug, Default)]
+pub struct ProbeFigures {
+    pub accepted: u64,
+    pub accepted_rcpts: u64,
+    pub failed: u64,
+    pub connections_opened: u64,
+    /// End of data to the reply, microseconds.
+    pub latencies_us: Vec<u32>,
 }
 
 impl LoadResult {
@@ -46,6 +76,21 @@ impl LoadResult {
 
     pub fn latency(&mut self) -> Latency {
         Latency::of(&mut self.latencies_us)
+    }
+
+    /// Decimal megabytes (10^6 B) of accepted messages per second.
+    pub fn accepted_mb_per_s(&self) -> f64 {
+        rate(self.accepted_bytes, self.elapsed) / 1e6
+    }
+
+    pub fn handshakes_per_s(&self) -> f64 {
+        rate(self.tls.handshakes, self.elapsed)
+    }
+
+    /// Server CPU microseconds per accepted message.
+    pub fn server_cpu_us(&self) -> Option<f64> {
+        let cpu = self.server.and_then(|s| s.cpu_s)?;
+        (self.accepted > 0).then(|| cpu * 1e6 / self.accepted as f64)
     }
 }
 
@@ -103,6 +148,12 @@ pub struct E2eResult {
     /// Messages and recipients the sink received.
     pub delivered: u64,
     pub delivered_rcpts: u64,
+    /// Bytes of those messages as the sink received them (dot-stuffed,
+    /// without the final dot line).
+    pub delivered_bytes: u64,
+    /// Recipients the sink had to get: the load's and the plain probe's
+    /// (the sink counts both).
+    pub expected_rcpts: u64,
     /// From the first connect to the last message at the sink.
     pub delivery_elapsed: Duration,
     /// The sink has every accepted recipient.
@@ -120,6 +171,10 @@ impl E2eResult {
     pub fn delivered_per_s(&self) -> f64 {
         rate(self.delivered, self.delivery_elapsed)
     }
+
+    pub fn delivered_mb_per_s(&self) -> f64 {
+        rate(self.delivered_bytes, self.delivery_elapsed) / 1e6
+    }
 }
 
 /// How the run was set up, for the report.
@@ -132,15 +187,28 @@ pub struct Setup<'a> {
     pub recipients: u32,
     pub pipelining: bool,
     pub reuse: bool,
+    /// "none", "starttls" or "implicit".
+    pub tls: &'static str,
+    pub resumption: bool,
+    /// --e2e with TLS: the generated certificate's key type.
+    pub cert: Option<&'static str>,
+    pub plain_probe: u32,
 }
 
 pub fn print(setup: &Setup, load: &mut LoadResult, e2e: Option<&E2eResult>, as_json: bool) {
     let lat = load.latency();
+    let more = Lats {
+        handshake: Latency::of(&mut load.tls.handshake_us),
+        probe: Latency::of(&mut load.probe.latencies_us),
+    };
     let mut out = String::new();
     if as_json {
-        out = format!("{}\n", to_json(setup, load, &lat, e2e));
+        let mut v = to_json(setup, load, &lat, e2e);
+        json_more(&mut v, setup, load, &more, e2e);
+        out = format!("{v}\n");
     } else {
         text(&mut out, setup, load, &lat, e2e);
+        text_more(&mut out, setup, load, &more, e2e);
     }
     // One write, and no panic when the reader has gone (`| head`).
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
@@ -190,7 +258,7 @@ fn text(
             "  delivered {} messages ({} of {} recipients) to the sink in {:.3} s: {:.1} msg/s end to end{}",
             e.delivered,
             e.delivered_rcpts,
-            load.accepted_rcpts,
+            e.expected_rcpts,
             e.delivery_elapsed.as_secs_f64(),
             e.delivered_per_s(),
             if e.complete { "" } else { " (INCOMPLETE)" }
@@ -215,14 +283,153 @@ fn text(
             e.exit
         );
     }
+}
+
+/// The latencies besides end of data.
+struct Lats {
+    handshake: Latency,
+    probe: Latency,
+}
+
+/// Bytes, TLS, the plain probe, the server processes; then the errors.
+fn text_more(
+    out: &mut String,
+    setup: &Setup,
+    load: &LoadResult,
+    l: &Lats,
+    e2e: Option<&E2eResult>,
+) {
+    let _ = write!(
+        out,
+        "  bytes: {:.2} MB/s accepted ({} B per message)",
+        load.accepted_mb_per_s(),
+        setup.size
+    );
+    match e2e {
+        Some(e) => {
+            let _ = writeln!(out, ", {:.2} MB/s end to end", e.delivered_mb_per_s());
+        }
+        None => out.push('\n'),
+    }
+    if setup.tls != "none" {
+        let t = &load.tls;
+        let cert = setup
+            .cert
+            .map(|c| format!(", {c} certificate"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  tls {} (resumption {}{cert}): {} handshakes ({} resumed), {:.1} handshakes/s; \
+             handshake p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            setup.tls,
+            if setup.resumption { "on" } else { "off" },
+            t.handshakes,
+            t.resumed,
+            load.handshakes_per_s(),
+            l.handshake.p50,
+            l.handshake.p99,
+            l.handshake.max
+        );
+    }
+    if setup.plain_probe > 0 {
+        let p = &load.probe;
+        let _ = writeln!(
+            out,
+            "  plain probe ({} sessions): {} accepted, {} failed; end of data -> reply \
+             p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
+            setup.plain_probe,
+            p.accepted,
+            p.failed,
+            l.probe.p50,
+            l.probe.p99,
+            l.probe.max,
+            l.probe.samples
+        );
+    }
+    if let Some(s) = load.server {
+        let cpu = match (s.cpu_s, load.server_cpu_us()) {
+            (Some(c), Some(us)) => format!("{c:.2} s CPU, {us:.1} us per accepted message"),
+            (Some(c), None) => format!("{c:.2} s CPU"),
+            _ => "CPU ? (a process ended)".to_string(),
+        };
+        let mib = |b: Option<u64>| {
+            b.map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)))
+                .unwrap_or_else(|| "?".into())
+        };
+        let _ = writeln!(
+            out,
+            "  server ({} processes at the end): {cpu} over the load; peak RSS {}, peak PSS {} \
+             (sampled every 100 ms, summed)",
+            s.processes,
+            mib(s.peak_rss),
+            mib(s.peak_pss)
+        );
+    }
     let _ = writeln!(
         out,
         "  errors: {} ({} connections opened)",
         load.error_count(),
-        load.connections_opened
+        load.connections_opened + load.probe.connections_opened
     );
     for (kind, n) in &load.errors {
         let _ = writeln!(out, "    {n:>8}  {kind}");
+    }
+}
+
+fn json_more(v: &mut Value, setup: &Setup, load: &LoadResult, l: &Lats, e2e: Option<&E2eResult>) {
+    let o = v.as_object_mut().expect("an object");
+    o.insert("accepted_bytes".into(), json!(load.accepted_bytes));
+    o.insert(
+        "accepted_mb_per_s".into(),
+        json!(round3(load.accepted_mb_per_s())),
+    );
+    o.insert("tls_mode".into(), json!(setup.tls));
+    if setup.tls != "none" {
+        let t = &load.tls;
+        o.insert(
+            "tls".into(),
+            json!({
+                "resumption": setup.resumption,
+                "cert": setup.cert,
+                "handshakes": t.handshakes,
+                "resumed": t.resumed,
+                "handshakes_per_s": round3(load.handshakes_per_s()),
+                "handshake_ms": l.handshake.json(),
+            }),
+        );
+    }
+    if setup.plain_probe > 0 {
+        let p = &load.probe;
+        o.insert(
+            "plain_probe".into(),
+            json!({
+                "sessions": setup.plain_probe,
+                "accepted": p.accepted,
+                "failed": p.failed,
+                "connections_opened": p.connections_opened,
+                "latency_ms": l.probe.json(),
+            }),
+        );
+    }
+    if let Some(s) = load.server {
+        o.insert(
+            "server".into(),
+            json!({
+                "cpu_s": s.cpu_s.map(round3),
+                "cpu_us_per_accepted": load.server_cpu_us().map(round3),
+                "peak_rss_bytes": s.peak_rss,
+                "peak_pss_bytes": s.peak_pss,
+                "processes": s.processes,
+            }),
+        );
+    }
+    if let Some(e) = e2e {
+        o.insert("delivered_bytes".into(), json!(e.delivered_bytes));
+        o.insert(
+            "delivered_mb_per_s".into(),
+            json!(round3(e.delivered_mb_per_s())),
+        );
+        o.insert("expected_rcpts".into(), json!(e.expected_rcpts));
     }
 }
 
