@@ -260,7 +260,11 @@ impl ReceivedCounter {
                     self.state = match b {
                         b'\n' => Done,
                         b'\r' => LineStartCr,
+                        // Only a field named Received counts: other names
+                        // are not looked at (a header section can be
+                        // megabytes of lines).
                         b' ' | b'\t' => Skip,
+                        _ if !b.eq_ignore_ascii_case(&b'r') => Skip,
                         _ => {
                             self.name_len = 0;
                             self.blanks = 0;
