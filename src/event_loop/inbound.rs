@@ -200,6 +200,16 @@ impl Server {
             if !may_read {
                 break;
             }
+            if conn.transport.is_handshaking() {
+                // A handshake step is the costliest read there is (key
+                // exchange and signature): only so many per turn, so a
+                // storm of them cannot hold up everyone else's replies.
+                if self.handshakes_left == 0 {
+                    self.handshakes_waiting.push_back(key);
+                    break;
+                }
+                self.handshakes_left -= 1;
+            }
             match conn.transport.read(&mut self.scratch) {
                 Ok(0) => conn.eof = true,
                 Ok(n) => {

@@ -42,6 +42,11 @@ impl Transport {
         self.tls.is_none()
     }
 
+    /// A TLS handshake is under way: the next read may do its expensive part.
+    pub(super) fn is_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|c| c.is_handshaking())
+    }
+
     /// TLS records are waiting to be written.
     pub(super) fn wants_flush(&self) -> bool {
         self.tls.as_ref().is_some_and(|c| c.wants_write())

@@ -731,8 +731,10 @@ mod tests {
     }
 
     /// Plays `chunks` through a session the way the event loop does
-    /// (unconsumed input is kept and fed again; commits succeed at once)
-    /// and returns everything written and every message accepted.
+    /// (unconsumed input is kept and fed again; full body pieces are
+    /// written out; commits succeed at once) and returns everything written
+    /// and every message accepted, its `body` made whole again from its
+    /// pieces (`chunks` and `size` say how it came).
     fn play<'a>(
         settings: &Settings,
         chunks: impl IntoIterator<Item = &'a [u8]>,
@@ -741,8 +743,7 @@ mod tests {
         let mut failures = Failures::default();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut session = Session::new(settings, "192.0.2.9".parse().unwrap(), false);
-        let mut held = Vec::new();
-        let mut accepted = Vec::new();
+        let (mut held, mut pieces, mut accepted) = (Vec::new(), Vec::new(), Vec::new());
         for chunk in chunks {
             held.extend_from_slice(chunk);
             loop {
@@ -754,10 +755,22 @@ mod tests {
                 };
                 let used = session.receive(&held, &mut env);
                 held.drain(..used);
-                let Some(message) = session.take_accepted() else {
+                if let Some((_, seq, data)) = session.piece() {
+                    assert!(data.len() <= PIECE, "a piece of {}", data.len());
+                    assert_eq!(seq as usize, pieces.len());
+                    pieces.push(data.to_vec());
+                    session.piece_written();
+                    continue;
+                }
+                let Some(mut message) = session.take_accepted() else {
                     break;
                 };
                 session.committed(Ok(&message.id), settings);
+                assert_eq!(message.chunks as usize, pieces.len());
+                let mut whole = std::mem::take(&mut pieces).concat();
+                whole.extend_from_slice(&message.body);
+                assert_eq!(whole.len() as u64, message.size);
+                message.body = whole;
                 accepted.push(message);
             }
         }
@@ -918,51 +931,6 @@ mod tests {
         assert!(out.ends_with("451 4.3.0 Error: queue file write error, try again later\r\n503 5.5.1 Error: need MAIL command\r\n"), "{out}");
     }
 
-    /// Plays `chunks` like `play`, writing full body pieces out the way
-    /// the loop does; returns the replies and each accepted message whole
-    /// (its pieces, then its end) with its piece count.
-    fn play_pieces<'a>(
-        settings: &Settings,
-        chunks: impl IntoIterator<Item = &'a [u8]>,
-    ) -> (String, Vec<(Vec<u8>, u32, u64)>) {
-        let mut ids = QueueIds::default();
-        let mut failures = Failures::default();
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let mut session = Session::new(settings, "192.0.2.9".parse().unwrap(), false);
-        let (mut held, mut pieces, mut accepted) = (Vec::new(), Vec::new(), Vec::new());
-        for chunk in chunks {
-            held.extend_from_slice(chunk);
-            loop {
-                let mut env = Env {
-                    settings,
-                    now,
-                    ids: &mut ids,
-                    auth_failures: &mut failures,
-                };
-                let used = session.receive(&held, &mut env);
-                held.drain(..used);
-                if let Some((_, seq, data)) = session.piece() {
-                    assert!(data.len() <= PIECE, "a piece of {}", data.len());
-                    assert_eq!(seq as usize, pieces.len());
-                    pieces.push(data.to_vec());
-                    session.piece_written();
-                    continue;
-                }
-                let Some(message) = session.take_accepted() else {
-                    break;
-                };
-                session.committed(Ok(&message.id), settings);
-                assert_eq!(message.chunks as usize, pieces.len());
-                let mut whole = std::mem::take(&mut pieces).concat();
-                whole.extend_from_slice(&message.body);
-                assert_eq!(whole.len() as u64, message.size);
-                accepted.push((whole, message.chunks, message.size));
-            }
-        }
-        let out = String::from_utf8(std::mem::take(session.output())).unwrap();
-        (out, accepted)
-    }
-
     #[test]
     fn a_big_message_leaves_in_pieces_that_join_up_whatever_the_split() {
         let s = settings("max_message_size = 1000000\nbare_lf = \"normalize\"\n");
@@ -980,11 +948,12 @@ mod tests {
             b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<jones@beta.arpa>\r\nDATA\r\n".to_vec();
         input.extend_from_slice(&data);
         input.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
-        let whole = play_pieces(&s, [input.as_slice()]);
-        let [(body, chunks, _)] = whole.1.as_slice() else {
+        let whole = play(&s, [input.as_slice()]);
+        let [message] = whole.1.as_slice() else {
             panic!("{:?}", whole.0)
         };
-        assert!(*chunks >= 4, "{chunks} pieces");
+        let (body, chunks) = (&message.body, message.chunks);
+        assert!(chunks >= 4, "{chunks} pieces");
         let text = String::from_utf8_lossy(body);
         let data_start = text.find("\r\n").unwrap() + 2;
         assert!(text.starts_with("Received: "));
@@ -993,9 +962,16 @@ mod tests {
             .any(|w| w[1] == b'\n' && w[0] != b'\r'));
         assert!(text.contains("\r\n.a stuffed dot\r\n"));
         for size in [1, 1000, 4096, 65_536, 100_000] {
-            let split = play_pieces(&s, input.chunks(size));
+            let split = play(&s, input.chunks(size));
             assert_eq!(split.0, whole.0, "read {size} at a time");
-            assert_eq!(split.1, whole.1, "read {size} at a time");
+            let [got] = split.1.as_slice() else {
+                panic!("{:?}", split.0)
+            };
+            assert_eq!(
+                (&got.body, got.chunks, got.size),
+                (body, chunks, message.size),
+                "read {size} at a time"
+            );
         }
     }
 
