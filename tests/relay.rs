@@ -753,3 +753,48 @@ fn a_ten_megabyte_message_streams_byte_exact_to_the_next_hop_and_a_maildir() {
         ["1|0"]
     );
 }
+
+#[test]
+fn bdat_chunks_pipelined_arrive_byte_exact_and_cannot_smuggle_a_second_message() {
+    let sink = Sink::start();
+    let dir = tempdir();
+    let alpha = start_in(dir.path(), &relay_config(&sink.addr, ""));
+    let mut c = alpha.connect();
+    expect(&c.reply(), "220");
+    let ehlo = c.cmd("EHLO client.test");
+    assert!(ehlo.contains("CHUNKING"), "{ehlo}");
+    // Content a DATA stream would end at, cut across chunks, and a CRLF
+    // split between two chunks: BDAT carries it all as text.
+    let chunks: [&[u8]; 4] = [
+        b"Subject: chunks\r\n\r\nline one\r",
+        b"\n.\r\nMAIL FROM:<evil@sender.test>\r\nRCPT TO:<v@example.org>\r\nDATA\r\n",
+        b"..two dots\r\n.\r\n",
+        b"the end\r\n",
+    ];
+    let mut pipelined = b"MAIL FROM:<s@sender.test>\r\nRCPT TO:<u@example.org>\r\n".to_vec();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = if i + 1 == chunks.len() { " LAST" } else { "" };
+        pipelined.extend_from_slice(format!("BDAT {}{last}\r\n", chunk.len()).as_bytes());
+        pipelined.extend_from_slice(chunk);
+    }
+    pipelined.extend_from_slice(b"QUIT\r\n");
+    c.send(&pipelined);
+    let mut replies = Vec::new();
+    for _ in 0..7 {
+        replies.push(c.reply());
+    }
+    assert!(
+        replies[..5].iter().all(|r| r.starts_with("250")),
+        "{replies:?}"
+    );
+    let id = queued_id(&replies[5]);
+    expect(&replies[6], "221");
+
+    let got = sink.wait_for(1, WAIT);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sink.count(), 1, "one transaction, no smuggled second one");
+    let want = chunks.concat();
+    assert_same(&without_received(&got[0].data), &want);
+    assert_eq!(got[0].rcpt_to, ["<u@example.org>"]);
+    assert!(String::from_utf8_lossy(&got[0].data).contains(&format!("id {id}")));
+}

@@ -32,6 +32,12 @@ pub enum Command<'a> {
         path: ForwardPath,
     },
     Data,
+    /// RFC 3030: `BDAT <size> [LAST]`; `size` octets of message follow
+    /// the line at once.
+    Bdat {
+        size: u64,
+        last: bool,
+    },
     Rset,
     Noop,
     Quit,
@@ -97,6 +103,7 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
         b"MAIL" => Verb::Mail,
         b"RCPT" => Verb::Rcpt,
         b"DATA" => Verb::Data,
+        b"BDAT" => Verb::Bdat,
         b"RSET" => Verb::Rset,
         b"NOOP" => Verb::Noop,
         b"QUIT" => Verb::Quit,
@@ -119,6 +126,7 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
         Verb::Mail => mail(args),
         Verb::Rcpt => rcpt(args),
         Verb::Data => no_args(args, Command::Data),
+        Verb::Bdat => bdat(args),
         Verb::Rset => no_args(args, Command::Rset),
         Verb::Quit => no_args(args, Command::Quit),
         Verb::Noop => Ok(Command::Noop),
@@ -154,12 +162,34 @@ enum Verb {
     Mail,
     Rcpt,
     Data,
+    Bdat,
     Rset,
     Noop,
     Quit,
     Vrfy,
     Help,
     Auth,
+}
+
+/// `BDAT size [LAST]` (RFC 3030 2): the size is 1*DIGIT; we take up to 19
+/// digits (a u64), far beyond any message size limit.
+fn bdat(args: &[u8]) -> Result<Command<'static>, CommandError> {
+    const BDAT_SYNTAX: CommandError = CommandError::Syntax("Syntax: BDAT size [LAST]");
+    let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let size = words
+        .next()
+        .filter(|w| w.len() <= 19 && w.iter().all(u8::is_ascii_digit))
+        .and_then(|w| std::str::from_utf8(w).ok()?.parse().ok())
+        .ok_or(BDAT_SYNTAX)?;
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case(b"LAST") => true,
+        Some(_) => return Err(BDAT_SYNTAX),
+    };
+    if words.next().is_some() {
+        return Err(BDAT_SYNTAX);
+    }
+    Ok(Command::Bdat { size, last })
 }
 
 fn skip_spaces(s: &[u8]) -> &[u8] {
@@ -443,6 +473,15 @@ mod tests {
             (b"RCPT FROM:<a@b>", Err(RCPT_SYNTAX)),
             (b"RCPT", Err(RCPT_SYNTAX)),
             (b"DATA", Ok(Command::Data)),
+            (b"BDAT 0 LAST", Ok(Command::Bdat { size: 0, last: true })),
+            (b"bdat 1000", Ok(Command::Bdat { size: 1000, last: false })),
+            (b"BDAT  42  last", Ok(Command::Bdat { size: 42, last: true })),
+            (b"BDAT", Err(CommandError::Syntax("Syntax: BDAT size [LAST]"))),
+            (b"BDAT -1", Err(CommandError::Syntax("Syntax: BDAT size [LAST]"))),
+            (b"BDAT 1x", Err(CommandError::Syntax("Syntax: BDAT size [LAST]"))),
+            (b"BDAT 10 FIRST", Err(CommandError::Syntax("Syntax: BDAT size [LAST]"))),
+            (b"BDAT 10 LAST x", Err(CommandError::Syntax("Syntax: BDAT size [LAST]"))),
+            (b"BDAT 99999999999999999999", Err(CommandError::Syntax("Syntax: BDAT size [LAST]"))),
             (b"data ", Ok(Command::Data)),
             (b"DATA x", Err(NO_ARGUMENTS)),
             (b"RSET", Ok(Command::Rset)),

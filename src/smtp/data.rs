@@ -54,6 +54,9 @@ enum State {
 #[derive(Debug)]
 pub struct DataReader {
     state: State,
+    /// DATA: dot-stuffed, ended by `CRLF . CRLF`. Without it (BDAT, RFC
+    /// 3030) every byte is content and the caller says where it ends.
+    stuffed: bool,
     bare: BareLineEnds,
     max_size: usize,
     /// Octets appended to `body` so far (never above `max_size`).
@@ -71,6 +74,7 @@ impl DataReader {
     pub fn new(max_size: usize, bare: BareLineEnds) -> DataReader {
         DataReader {
             state: State::Start,
+            stuffed: true,
             bare,
             max_size,
             stored: 0,
@@ -79,6 +83,25 @@ impl DataReader {
             line_too_long: false,
             bare_seen: false,
         }
+    }
+
+    /// For BDAT chunks: no dot-stuffing and no end line (the chunk sizes
+    /// frame the message); the same limits, line rule and bare CR/LF
+    /// policy, so BDAT cannot carry what DATA may not. Call `end_chunks`
+    /// after the last chunk.
+    pub fn chunks(max_size: usize, bare: BareLineEnds) -> DataReader {
+        DataReader {
+            stuffed: false,
+            ..DataReader::new(max_size, bare)
+        }
+    }
+
+    /// The last BDAT chunk is in: a CR that ended it had no LF after it.
+    pub fn end_chunks(&mut self, body: &mut Vec<u8>) {
+        if self.state == State::MidCr {
+            self.bare_line_end(body, b"\r");
+        }
+        self.state = State::Done;
     }
 
     /// Consumes from `input`, appending to `body`. Returns the number of
@@ -90,7 +113,7 @@ impl DataReader {
         while i < input.len() {
             let b = input[i];
             match self.state {
-                State::Start if b == b'.' => {
+                State::Start if b == b'.' && self.stuffed => {
                     self.state = State::Dot;
                     i += 1;
                 }

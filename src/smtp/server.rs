@@ -52,6 +52,7 @@ impl Settings {
             format!("SIZE {}", config.max_message_size),
             "8BITMIME".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
+            "CHUNKING".to_string(),
         ] {
             let _ = write!(ehlo_extensions, "250-{ext}\r\n");
         }
@@ -100,8 +101,14 @@ enum State {
     Ready,
     /// MAIL accepted; taking RCPTs.
     Mail(Box<Transaction>),
-    /// After 354: reading the message.
+    /// After 354, or inside a BDAT chunk (`Transaction::chunk`): reading
+    /// the message.
     Data(Box<Transaction>, DataReader),
+    /// Between BDAT chunks (RFC 3030): commands again, the next BDAT goes on.
+    Chunked(Box<Transaction>, DataReader),
+    /// The octets of a BDAT that was refused are read and dropped, so the
+    /// session stays in sync; then the state it was in.
+    Skip(u64, Box<State>),
     /// The message is handed to the loop; input waits for the commit.
     Committing,
     /// AUTH asked for a SASL response: the next line is one, not a command.
@@ -134,6 +141,16 @@ struct Transaction {
     size: u64,
     /// `Received:` fields of the data (ours not included), for the hop limit.
     hops: ReceivedCounter,
+    /// Inside a BDAT chunk: what is left of it.
+    chunk: Option<Chunk>,
+}
+
+/// The BDAT chunk being read.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    size: u64,
+    left: u64,
+    last: bool,
 }
 
 #[derive(Debug)]
@@ -215,7 +232,7 @@ impl Session {
         match &self.state {
             // Full when the next input byte might not fit (a bare LF
             // normalised takes two), so the buffer never grows past PIECE.
-            State::Data(txn, _) if txn.body.len() + 2 > PIECE => {
+            State::Data(txn, _) | State::Chunked(txn, _) if txn.body.len() + 2 > PIECE => {
                 Some((&txn.id, txn.chunks, &txn.body))
             }
             _ => None,
@@ -225,7 +242,7 @@ impl Session {
     /// The piece is with the queue (or lost with it, which the queue
     /// remembers: the message then gets 451 at its end).
     pub fn piece_written(&mut self) {
-        if let State::Data(txn, _) = &mut self.state {
+        if let State::Data(txn, _) | State::Chunked(txn, _) = &mut self.state {
             txn.body.clear();
             txn.chunks += 1;
         }
@@ -235,7 +252,7 @@ impl Session {
     /// queue: if the session ends now, they must be discarded.
     pub fn unfinished_pieces(&self) -> Option<&str> {
         match &self.state {
-            State::Data(txn, _) if txn.chunks > 0 => Some(&txn.id),
+            State::Data(txn, _) | State::Chunked(txn, _) if txn.chunks > 0 => Some(&txn.id),
             _ => None,
         }
     }
@@ -265,7 +282,10 @@ impl Session {
 
     /// Inside DATA or waiting for its commit: shutdown lets these finish.
     pub fn in_transaction_data(&self) -> bool {
-        matches!(self.state, State::Data(..) | State::Committing)
+        matches!(
+            self.state,
+            State::Data(..) | State::Chunked(..) | State::Committing
+        )
     }
 
     /// The message is with the loop for its commit; nothing else moves.
@@ -284,6 +304,19 @@ impl Session {
     pub fn receive(&mut self, input: &[u8], env: &mut Env<'_>) -> usize {
         let mut pos = 0;
         while pos < input.len() && self.wants_input() {
+            if let State::Skip(left, _) = &mut self.state {
+                let n = (*left).min((input.len() - pos) as u64);
+                *left -= n;
+                pos += n as usize;
+                if *left == 0 {
+                    let State::Skip(_, after) = std::mem::replace(&mut self.state, State::Ready)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    self.state = *after;
+                }
+                continue;
+            }
             if let State::Data(txn, reader) = &mut self.state {
                 // No more than fits in the piece: unstuffing never grows
                 // the data, normalising a bare line end doubles it at most.
@@ -292,17 +325,27 @@ impl Session {
                     BareLineEnds::Reject => room,
                     BareLineEnds::Normalize => room / 2,
                 };
-                let end = input.len().min(pos + room.max(1));
+                let mut end = input.len().min(pos + room.max(1));
+                if let Some(chunk) = &txn.chunk {
+                    end = end.min(pos + chunk.left.min(usize::MAX as u64) as usize);
+                }
                 let before = txn.body.len();
                 let (used, done) = reader.feed(&input[pos..end], &mut txn.body);
                 pos += used;
                 txn.hops.feed(&txn.body[before..]);
                 txn.size += (txn.body.len() - before) as u64;
-                if done {
-                    self.end_of_data(env);
-                } else if reader.failing() || txn.hops.count() > env.settings.max_hops {
+                let chunk_done = txn.chunk.as_mut().is_some_and(|chunk| {
+                    chunk.left -= used as u64;
+                    chunk.left == 0
+                });
+                if reader.failing() || txn.hops.count() > env.settings.max_hops {
                     // It will be refused: nothing of it needs keeping.
                     txn.body.clear();
+                }
+                if done {
+                    self.end_of_data(env);
+                } else if chunk_done {
+                    self.end_of_chunk(env);
                 }
                 continue;
             }
@@ -384,6 +427,23 @@ impl Session {
                 return self.error(&format!("555 5.5.4 Unsupported option: {what}"))
             }
         };
+        if matches!(self.state, State::Chunked(..)) {
+            match command {
+                Command::Bdat { .. }
+                | Command::Noop
+                | Command::Help
+                | Command::Vrfy
+                | Command::NotImplemented(_) => {}
+                Command::Data => {
+                    return self.error("503 5.5.1 Error: DATA inside a BDAT transaction")
+                }
+                Command::Mail { .. } | Command::Rcpt { .. } | Command::StartTls => {
+                    return self.error("503 5.5.1 Error: BDAT transaction in progress")
+                }
+                // RSET, HELO, EHLO, QUIT, AUTH: the transaction is over.
+                _ => self.abandon_chunks(),
+            }
+        }
         match command {
             Command::Helo(name) | Command::Ehlo(name) => {
                 self.helo = name.to_string();
@@ -399,6 +459,7 @@ impl Session {
             Command::Mail { path, params } => self.mail(path, params, settings),
             Command::Rcpt { path } => self.rcpt(path, settings),
             Command::Data => self.data(env),
+            Command::Bdat { size, last } => self.bdat(size, last, env),
             Command::Rset => {
                 if !matches!(self.state, State::Fresh) {
                     self.state = State::Ready;
@@ -580,34 +641,114 @@ impl Session {
         let State::Mail(mut txn) = std::mem::replace(&mut self.state, State::Ready) else {
             unreachable!("checked above")
         };
+        self.start_message(&mut txn, env);
         let settings = env.settings;
-        txn.id = env.ids.next(env.now);
-        let received = received_header(self, &txn, settings, env.now);
-        txn.size = received.len() as u64;
-        // Grown as the data comes, so a small message takes little.
-        txn.body = received.into_bytes();
         let reader = DataReader::new(settings.max_message_size, settings.bare_lf);
         self.state = State::Data(txn, reader);
         self.out
             .extend_from_slice(b"354 End data with <CR><LF>.<CR><LF>\r\n");
     }
 
+    /// The message begins: its queue ID, and our `Received:` line first.
+    fn start_message(&self, txn: &mut Transaction, env: &mut Env<'_>) {
+        txn.id = env.ids.next(env.now);
+        let received = received_header(self, txn, env.settings, env.now);
+        txn.size = received.len() as u64;
+        // Grown as the data comes, so a small message takes little.
+        txn.body = received.into_bytes();
+    }
+
+    /// `BDAT size [LAST]` (RFC 3030): the chunk's octets follow at once.
+    /// Refused ones are still read (`State::Skip`), so the session stays
+    /// in sync whatever the client pipelined behind them.
+    fn bdat(&mut self, size: u64, last: bool, env: &mut Env<'_>) {
+        let chunk = Chunk {
+            size,
+            left: size,
+            last,
+        };
+        let refusal = match &self.state {
+            State::Fresh => Some("503 5.5.1 Error: send HELO/EHLO first"),
+            State::Mail(txn) if txn.recipients.is_empty() => {
+                Some("503 5.5.1 Error: no valid recipients")
+            }
+            State::Mail(_) | State::Chunked(..) => None,
+            _ => Some("503 5.5.1 Error: need MAIL command"),
+        };
+        if let Some(reply) = refusal {
+            self.error(reply);
+            if size > 0 && !self.is_closed() {
+                let after = std::mem::replace(&mut self.state, State::Ready);
+                self.state = State::Skip(size, Box::new(after));
+            }
+            return;
+        }
+        let (txn, reader) = match std::mem::replace(&mut self.state, State::Ready) {
+            State::Mail(mut txn) => {
+                self.start_message(&mut txn, env);
+                let settings = env.settings;
+                let reader = DataReader::chunks(settings.max_message_size, settings.bare_lf);
+                (txn, reader)
+            }
+            State::Chunked(txn, reader) => (txn, reader),
+            _ => unreachable!("checked above"),
+        };
+        let mut txn = txn;
+        txn.chunk = Some(chunk);
+        self.state = State::Data(txn, reader);
+        if size == 0 {
+            self.end_of_chunk(env);
+        }
+    }
+
+    /// A BDAT chunk is in: the last one ends the message like the final
+    /// dot; another gets its 250 unless the message is already refused.
+    fn end_of_chunk(&mut self, env: &mut Env<'_>) {
+        let State::Data(txn, reader) = &mut self.state else {
+            unreachable!("end of a chunk outside one")
+        };
+        let Some(chunk) = txn.chunk.take() else {
+            unreachable!("end of a chunk outside one")
+        };
+        if chunk.last {
+            let before = txn.body.len();
+            reader.end_chunks(&mut txn.body);
+            txn.size += (txn.body.len() - before) as u64;
+            return self.end_of_data(env);
+        }
+        if let Err(reply) = verdict(reader, txn, env.settings) {
+            // Refused now, not at LAST: the client stops sending chunks
+            // (RFC 3030 2), and any it sent anyway are read and refused.
+            let State::Data(txn, _) = std::mem::replace(&mut self.state, State::Ready) else {
+                unreachable!("matched above")
+            };
+            if txn.chunks > 0 {
+                self.discarded = Some(txn.id);
+            }
+            return self.reply(reply);
+        }
+        let State::Data(txn, reader) = std::mem::replace(&mut self.state, State::Ready) else {
+            unreachable!("matched above")
+        };
+        self.state = State::Chunked(txn, reader);
+        let _ = write!(self.out_str(), "250 2.0.0 Ok: {} octets\r\n", chunk.size);
+    }
+
+    /// A BDAT transaction ends without its LAST chunk (RSET, EHLO, QUIT,
+    /// shutdown): its pieces in the queue are to be discarded.
+    fn abandon_chunks(&mut self) {
+        if let State::Chunked(txn, _) = std::mem::replace(&mut self.state, State::Ready) {
+            if txn.chunks > 0 {
+                self.discarded = Some(txn.id);
+            }
+        }
+    }
+
     fn end_of_data(&mut self, env: &mut Env<'_>) {
         let State::Data(txn, reader) = std::mem::replace(&mut self.state, State::Ready) else {
             unreachable!("end of data outside DATA")
         };
-        let verdict = match reader.finish() {
-            Err(DataError::TooBig) => Err("552 5.3.4 Error: message file too big"),
-            Err(DataError::LineTooLong) => Err("552 5.3.4 Error: text line longer than 998 octets"),
-            Err(DataError::BareLineEnd) => {
-                Err("550 5.6.0 Error: bare LF or CR in message text (RFC 5321 2.3.8)")
-            }
-            Ok(()) if txn.hops.count() > env.settings.max_hops => {
-                Err("554 5.4.6 Error: too many hops")
-            }
-            Ok(()) => Ok(()),
-        };
-        if let Err(reply) = verdict {
+        if let Err(reply) = verdict(&reader, &txn, env.settings) {
             if txn.chunks > 0 {
                 self.discarded = Some(txn.id);
             }
@@ -666,6 +807,23 @@ impl std::fmt::Write for OutWriter<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         self.0.extend_from_slice(s.as_bytes());
         Ok(())
+    }
+}
+
+/// Whether the message (so far) may be stored, else the reply refusing it.
+fn verdict(
+    reader: &DataReader,
+    txn: &Transaction,
+    settings: &Settings,
+) -> Result<(), &'static str> {
+    match reader.finish() {
+        Err(DataError::TooBig) => Err("552 5.3.4 Error: message file too big"),
+        Err(DataError::LineTooLong) => Err("552 5.3.4 Error: text line longer than 998 octets"),
+        Err(DataError::BareLineEnd) => {
+            Err("550 5.6.0 Error: bare LF or CR in message text (RFC 5321 2.3.8)")
+        }
+        Ok(()) if txn.hops.count() > settings.max_hops => Err("554 5.4.6 Error: too many hops"),
+        Ok(()) => Ok(()),
     }
 }
 
@@ -1013,5 +1171,136 @@ mod tests {
             out.ends_with("552 5.3.4 Error: message file too big\r\n250 2.0.0 Ok\r\n"),
             "{out}"
         );
+    }
+
+    const BDAT_ENVELOPE: &[u8] =
+        b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<jones@beta.arpa>\r\n";
+
+    /// `BDAT` lines for `chunks`, each followed by its octets.
+    fn bdat_input(chunks: &[&[u8]], tail: &[u8]) -> Vec<u8> {
+        let mut input = BDAT_ENVELOPE.to_vec();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = if i + 1 == chunks.len() { " LAST" } else { "" };
+            input.extend_from_slice(format!("BDAT {}{last}\r\n", chunk.len()).as_bytes());
+            input.extend_from_slice(chunk);
+        }
+        input.extend_from_slice(tail);
+        input
+    }
+
+    #[test]
+    fn bdat_chunks_make_one_message_whatever_the_split() {
+        let s = settings("");
+        let cases: &[(&[&[u8]], &[u8])] = &[
+            (
+                &[b"Subject: x\r\n\r\nhello\r\n"],
+                b"Subject: x\r\n\r\nhello\r\n",
+            ),
+            // Cut anywhere, a CRLF across chunks included; dots are content.
+            (
+                &[b"Subject: x\r", b"\n\r\n.hi\r\n", b"..\r\n.\r\n"],
+                b"Subject: x\r\n\r\n.hi\r\n..\r\n.\r\n",
+            ),
+            (&[b"a\r\n", b""], b"a\r\n"),
+            (&[b""], b""),
+            // No final CRLF: stored as sent; the client adds one on relay.
+            (&[b"abc"], b"abc"),
+        ];
+        for &(chunks, want) in cases {
+            let input = bdat_input(chunks, b"QUIT\r\n");
+            let whole = play(&s, [input.as_slice()]);
+            let oks = 1 + 1 + 1 + 1 + chunks.len() + 1;
+            assert_eq!(codes(&whole.0).len(), oks, "{}", whole.0);
+            assert!(whole.0.contains("CHUNKING"));
+            let [message] = whole.1.as_slice() else {
+                panic!("{}", whole.0)
+            };
+            let body = &message.body;
+            let data = &body[body.windows(2).position(|w| w == b"\r\n").unwrap() + 2..];
+            assert_eq!(data, want, "{chunks:?}");
+            for at in 0..=input.len() {
+                let (a, b) = input.split_at(at);
+                let split = play(&s, [a, b]);
+                assert_eq!(split.0, whole.0, "split at {at}");
+                assert_eq!(split.1[0].body, whole.1[0].body, "split at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn bdat_out_of_place_is_refused_and_its_octets_are_read() {
+        let s = settings("");
+        let cases: &[(&[u8], &[&str])] = &[
+            // Before EHLO, before MAIL, without recipients: 503, and the
+            // octets (which look like commands) are not run.
+            (b"BDAT 6\r\nQUIT\r\nNOOP\r\n", &["220", "503", "250"]),
+            (b"EHLO x\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n", &["220", "250", "503", "250"]),
+            (b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<green@beta.arpa>\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n",
+             &["220", "250", "250", "550", "503", "250"]),
+            // DATA inside a BDAT transaction, MAIL too; RSET ends it.
+            (b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<jones@beta.arpa>\r\nBDAT 3\r\nabcDATA\r\nMAIL FROM:<c@d.example>\r\nRSET\r\nBDAT 2 LAST\r\nhiNOOP\r\n",
+             &["220", "250", "250", "250", "250", "503", "503", "250", "503", "250"]),
+            // A bad size: 501, and what follows is commands.
+            (b"EHLO x\r\nBDAT x\r\nNOOP\r\n", &["220", "250", "501", "250"]),
+        ];
+        for &(input, want) in cases {
+            let (out, accepted) = play(&s, [input]);
+            assert_eq!(codes(&out), want, "{out}");
+            assert!(accepted.is_empty());
+        }
+    }
+
+    #[test]
+    fn bdat_keeps_the_limits_and_the_bare_line_end_policy() {
+        // Over the size limit across chunks: 552 at the chunk that passes
+        // it, the rest read and refused, the session in sync.
+        let s = settings("max_message_size = 1000\n");
+        let big = vec![b'a'; 600];
+        let input = bdat_input(&[&big[..300], &big, &big, &big], b"NOOP\r\n");
+        let (out, accepted) = play(&s, [input.as_slice()]);
+        assert_eq!(
+            codes(&out),
+            ["220", "250", "250", "250", "250", "250", "552", "503", "250"],
+            "{out}"
+        );
+        assert!(accepted.is_empty());
+        // A bare LF or CR, also split over chunks, never gets in.
+        for chunks in [
+            &[b"a\nb\r\n".as_slice()][..],
+            &[b"a\r", b"b\r\n"],
+            &[b"a\r\n", b"\r"],
+            &[b"x\r\n.\n", b"MAIL FROM:<evil@x>\r\n"],
+        ] {
+            let input = bdat_input(chunks, b"NOOP\r\n");
+            let (out, accepted) = play(&settings(""), [input.as_slice()]);
+            assert!(out.contains("550 5.6.0"), "{chunks:?}: {out}");
+            assert!(out.ends_with("250 2.0.0 Ok\r\n"), "{out}");
+            assert!(accepted.is_empty());
+            let (out, accepted) = play(&settings("bare_lf = \"normalize\"\n"), [input.as_slice()]);
+            let [message] = accepted.as_slice() else {
+                panic!("{out}")
+            };
+            let body = &message.body;
+            for (i, &b) in body.iter().enumerate() {
+                assert!(b != b'\n' || body[i - 1] == b'\r', "bare LF in {body:?}");
+                assert!(
+                    b != b'\r' || body.get(i + 1) == Some(&b'\n'),
+                    "bare CR in {body:?}"
+                );
+            }
+        }
+        // Lines over 998 octets and too many hops, as for DATA.
+        let long = vec![b'x'; 999];
+        let (out, _) = play(&settings(""), [bdat_input(&[&long], b"").as_slice()]);
+        assert!(
+            out.ends_with("552 5.3.4 Error: text line longer than 998 octets\r\n"),
+            "{out}"
+        );
+        let hops = b"Received: a\r\nReceived: b\r\n\r\nx\r\n";
+        let (out, _) = play(
+            &settings("max_hops = 1\n"),
+            [bdat_input(&[hops], b"").as_slice()],
+        );
+        assert!(out.ends_with("554 5.4.6 Error: too many hops\r\n"), "{out}");
     }
 }
