@@ -100,6 +100,8 @@ pub struct Config {
     pub dns_servers: Vec<SocketAddr>,
     pub outbound_max_connections: usize,
     pub outbound_max_connections_per_host: usize,
+    /// Send with BDAT (RFC 3030) to next hops that offer CHUNKING.
+    pub outbound_chunking: bool,
     pub tls: Tls,
     pub auth_users_file: Option<PathBuf>,
 }
@@ -238,6 +240,7 @@ impl Config {
             "max_connections_per_host = {}",
             self.outbound_max_connections_per_host
         );
+        let _ = writeln!(o, "chunking = {}", self.outbound_chunking);
 
         let tls = &self.tls;
         let _ = writeln!(o, "\n[tls]");
@@ -362,6 +365,7 @@ struct RawDns {
 struct RawOutbound {
     max_connections: Option<i64>,
     max_connections_per_host: Option<i64>,
+    chunking: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -500,6 +504,7 @@ impl Validator<'_> {
             dns_servers,
             outbound_max_connections,
             outbound_max_connections_per_host,
+            outbound_chunking: raw.outbound.chunking.unwrap_or(true),
             tls,
             auth_users_file: self.opt_path(raw.auth.users_file),
         })
@@ -1015,6 +1020,7 @@ servers = ["127.0.0.1:5353", "::1"]
 [outbound]
 max_connections = 7
 max_connections_per_host = 3
+chunking = false
 
 [tls]
 cert = "cert.pem"
@@ -1065,6 +1071,7 @@ users_file = "users"
         );
         assert_eq!(c.outbound_max_connections, 500);
         assert_eq!(c.outbound_max_connections_per_host, 20);
+        assert!(c.outbound_chunking);
         assert_eq!(c.tls.cert, None);
         assert_eq!(c.tls.key, None);
         assert!(c.tls.implicit_listen.is_empty());
@@ -1131,6 +1138,7 @@ users_file = "users"
         assert_eq!(c.tls.outbound, TlsOutbound::Required);
         assert_eq!(c.tls.ca_file, Some(base.join("ca.pem")));
         assert!(c.tls.verify_outbound);
+        assert!(!c.outbound_chunking);
         assert_eq!(c.auth_users_file, Some(base.join("users")));
     }
 

@@ -798,3 +798,44 @@ fn bdat_chunks_pipelined_arrive_byte_exact_and_cannot_smuggle_a_second_message()
     assert_eq!(got[0].rcpt_to, ["<u@example.org>"]);
     assert!(String::from_utf8_lossy(&got[0].data).contains(&format!("id {id}")));
 }
+
+#[test]
+fn to_a_next_hop_that_offers_chunking_the_message_goes_as_bdat_unless_turned_off() {
+    let mut data = b"Subject: as chunks\r\n\r\n.a dot, not stuffed in BDAT\r\n".to_vec();
+    for i in 0..20_000 {
+        data.extend_from_slice(format!("line {i} of a message bigger than a piece\r\n").as_bytes());
+    }
+    for (extra, chunked) in [("", true), ("[outbound]\nchunking = false\n", false)] {
+        let sink = Sink::start_chunking();
+        let dir = tempdir();
+        let alpha = start_in(
+            dir.path(),
+            &format!(
+                "hostname = \"alpha.test\"\n[routes]\n\"example.org\" = \"{}\"\n{extra}",
+                sink.addr
+            ),
+        );
+        send(&alpha, "s@sender.test", &["u@example.org"], &data);
+        send(
+            &alpha,
+            "s@sender.test",
+            &["v@example.org"],
+            b"Subject: small\r\n\r\nhi\r\n",
+        );
+        let got = sink.wait_for(2, WAIT);
+        assert_eq!(got.len(), 2, "{}", alpha.log());
+        assert_same(&without_received(&got[0].data), &data);
+        assert_same(
+            &without_received(&got[1].data),
+            b"Subject: small\r\n\r\nhi\r\n",
+        );
+        for t in &got {
+            assert_eq!(t.bdat_chunks > 0, chunked, "{extra:?}");
+        }
+        if chunked {
+            // Sent as stored: no dot-stuffing inside chunks.
+            assert!(got[0].raw.windows(4).any(|w| w == b"\n.a "));
+            assert!(got[0].bdat_chunks > 1, "a big body in several chunks");
+        }
+    }
+}

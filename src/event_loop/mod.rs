@@ -197,6 +197,8 @@ pub struct Server {
 struct OutboundLimits {
     out_total: usize,
     out_per_host: usize,
+    /// `[outbound] chunking`: BDAT to next hops that offer it.
+    chunking: bool,
 }
 
 impl Server {
@@ -294,6 +296,7 @@ impl Server {
             limits: OutboundLimits {
                 out_total: config.outbound_max_connections,
                 out_per_host: config.outbound_max_connections_per_host,
+                chunking: config.outbound_chunking,
             },
             retry: config.retry.clone(),
             timeouts: config.timeouts.clone(),

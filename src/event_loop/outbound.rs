@@ -165,9 +165,11 @@ impl Server {
         } else {
             TlsPolicy::Opportunistic
         };
+        let mut client = Client::with_tls(&self.settings.hostname, policy);
+        client.set_chunking(self.limits.chunking);
         entry.insert(OutConn {
             transport: Transport::plain(stream),
-            client: Client::with_tls(&self.settings.hostname, policy),
+            client,
             hop: hop.to_string(),
             addr,
             label,

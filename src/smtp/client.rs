@@ -139,6 +139,7 @@ struct Extensions {
     eight_bit_mime: bool,
     smtputf8: bool,
     starttls: bool,
+    chunking: bool,
 }
 
 impl Extensions {
@@ -162,6 +163,8 @@ impl Extensions {
                 ext.smtputf8 = true;
             } else if is("STARTTLS") {
                 ext.starttls = true;
+            } else if is("CHUNKING") {
+                ext.chunking = true;
             }
         }
         ext
@@ -175,6 +178,8 @@ enum Expect {
     Mail,
     Rcpt(usize),
     Data,
+    /// The reply to a BDAT chunk; `true` for the LAST one.
+    Bdat(bool),
 }
 
 /// A transaction on the wire.
@@ -190,6 +195,12 @@ struct Txn {
     mail_refused: bool,
     pipelined: bool,
     pending: VecDeque<Expect>,
+    /// The body goes as BDAT chunks (RFC 3030), not after DATA.
+    bdat: bool,
+    /// BDAT: the LAST chunk is in the output.
+    last_sent: bool,
+    /// BDAT: the first chunk refused; it decides the recipients.
+    chunk_error: Option<Reply>,
 }
 
 impl Txn {
@@ -226,8 +237,10 @@ struct Stuffer {
     /// The last piece ended in a CR: CRLF if the next begins with LF,
     /// else a bare CR (written as CRLF all the same).
     cr: bool,
-    /// The final `.` CRLF is written.
+    /// The final `.` CRLF is written (BDAT: the last line is closed).
     done: bool,
+    /// BDAT: no dot-stuffing and no end line; chunk sizes frame the body.
+    raw: bool,
 }
 
 impl Stuffer {
@@ -235,6 +248,13 @@ impl Stuffer {
         Stuffer {
             line_start: true,
             ..Stuffer::default()
+        }
+    }
+
+    fn for_chunks() -> Stuffer {
+        Stuffer {
+            raw: true,
+            ..Stuffer::new()
         }
     }
 
@@ -250,7 +270,7 @@ impl Stuffer {
             self.line_start = true;
         }
         while let Some(&first) = rest.first() {
-            if self.line_start && first == b'.' {
+            if self.line_start && first == b'.' && !self.raw {
                 out.push(b'.');
             }
             match memchr2(b'\r', b'\n', rest) {
@@ -281,7 +301,9 @@ impl Stuffer {
         if std::mem::take(&mut self.cr) || !self.line_start {
             out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(b".\r\n");
+        if !self.raw {
+            out.extend_from_slice(b".\r\n");
+        }
         self.done = true;
     }
 
@@ -381,6 +403,10 @@ pub struct Client {
     /// In `DataDone` with a next transaction: how many bytes at the end of
     /// `out` follow the dot. The dot is on the wire once `out` is no longer.
     after_dot: usize,
+    /// BDAT may be used where offered (`[outbound] chunking`).
+    chunking: bool,
+    /// One BDAT chunk while it is framed.
+    chunk: Vec<u8>,
 }
 
 impl Client {
@@ -402,7 +428,15 @@ impl Client {
             events: VecDeque::new(),
             held: 0,
             after_dot: 0,
+            chunking: true,
+            chunk: Vec::new(),
         }
+    }
+
+    /// Whether to send with BDAT to next hops that offer CHUNKING (and
+    /// PIPELINING: chunks go out without waiting for each reply); else DATA.
+    pub fn set_chunking(&mut self, on: bool) {
+        self.chunking = on;
     }
 
     /// Feeds bytes from the server; returns how many were consumed (the rest,
@@ -454,7 +488,8 @@ impl Client {
     /// is in the output, the server pipelines, and no next transaction is
     /// queued behind it yet: `send` may be called now.
     pub fn may_send_next(&self) -> bool {
-        matches!(&self.state, State::DataDone(txn, None) if txn.pipelined && !txn.abandoned())
+        matches!(&self.state, State::DataDone(txn, None)
+            if txn.pipelined && !txn.abandoned() && (!txn.bdat || (txn.last_sent && txn.chunk_error.is_none())))
     }
 
     /// Starts a transaction; only after `Event::Ready`, or while
@@ -516,12 +551,18 @@ impl Client {
             mail_refused: false,
             pipelined: ext.pipelining,
             pending: VecDeque::from([Expect::Mail]),
+            bdat: self.chunking && ext.chunking && ext.pipelining,
+            last_sent: false,
+            chunk_error: None,
         });
         if txn.pipelined {
             for i in 0..n {
                 self.rcpt(&mut txn, i);
             }
-            self.data(&mut txn);
+            // BDAT waits for the RCPT replies: no chunk for nobody.
+            if !txn.bdat {
+                self.data(&mut txn);
+            }
         }
         match self.take_state() {
             State::DataDone(current, None) => {
@@ -673,6 +714,10 @@ impl Client {
             State::Rset if reply.class() == Class::Positive => self.ready(),
             state @ (State::Helo | State::Rset) => self.failed(state, refusal(reply)),
             State::Envelope(txn) => self.envelope_reply(txn, reply),
+            State::Body(txn, stuffer) if txn.bdat => {
+                self.chunk_reply(txn, Some(stuffer), None, reply)
+            }
+            State::DataDone(txn, next) if txn.bdat => self.chunk_reply(txn, None, next, reply),
             // Only once the dot is on the wire can it have been answered.
             State::DataDone(mut txn, next) if self.out.len() <= self.after_dot => {
                 if txn.abandoned() {
@@ -741,6 +786,7 @@ impl Client {
                     }
                 }
             }
+            Expect::Bdat(_) => return self.failed(State::Envelope(txn), unexpected(&reply)),
             Expect::Data if reply.code == 354 => {
                 if txn.abandoned() {
                     // Only pipelined DATA can get here (a server that says
@@ -762,6 +808,14 @@ impl Client {
                 return self.finish_failed(*txn);
             }
         }
+        if txn.bdat && txn.pending.is_empty() {
+            // The envelope is answered: chunks, or nothing to send.
+            if txn.abandoned() {
+                return self.finish_failed(*txn);
+            }
+            self.set_state(State::Body(txn, Stuffer::for_chunks()));
+            return self.refill();
+        }
         self.set_state(State::Envelope(txn));
     }
 
@@ -780,6 +834,92 @@ impl Client {
         }
     }
 
+    /// A reply to a BDAT chunk (in order: RFC 2920). One refused ends the
+    /// sending; the transaction is over once every chunk sent is answered.
+    fn chunk_reply(
+        &mut self,
+        mut txn: Box<Txn>,
+        stuffer: Option<Stuffer>,
+        next: Option<Next>,
+        reply: Reply,
+    ) {
+        let Some(Expect::Bdat(last)) = txn.pending.pop_front() else {
+            let state = match stuffer {
+                Some(stuffer) => State::Body(txn, stuffer),
+                None => State::DataDone(txn, next),
+            };
+            return self.failed(state, unexpected(&reply));
+        };
+        match reply.class() {
+            Class::Positive => {}
+            Class::Intermediate => {
+                return self.failed(State::DataDone(txn, next), unexpected(&reply));
+            }
+            Class::Transient | Class::Permanent => {
+                if txn.chunk_error.is_none() {
+                    txn.chunk_error = Some(reply.clone());
+                }
+            }
+        }
+        if let Some(stuffer) = stuffer {
+            // Still sending: stop at a refusal (RFC 3030 2), go on else.
+            if txn.chunk_error.is_none() {
+                return self.set_state(State::Body(txn, stuffer));
+            }
+        }
+        if !txn.pending.is_empty() {
+            return self.set_state(State::DataDone(txn, next));
+        }
+        if !last {
+            // Given up before LAST: the server may still hold the
+            // transaction, so RSET it.
+            if let Some(error) = txn.chunk_error.take() {
+                txn.decide_rest(&error);
+            }
+            return self.finish_failed(*txn);
+        }
+        let decided = txn.chunk_error.take().unwrap_or(reply);
+        txn.decide_rest(&decided);
+        self.events.push_back(Event::Finished(final_replies(*txn)));
+        self.after_dot = 0;
+        match next {
+            Some(Next::Sent(next)) => self.set_state(State::Envelope(next)),
+            Some(Next::Refused(replies)) => {
+                self.events.push_back(Event::Finished(replies));
+                self.ready();
+            }
+            None => self.ready(),
+        }
+    }
+
+    /// BDAT: `piece` (and with `last`, the end) as one chunk in the output.
+    fn emit_chunk(&mut self, piece: &[u8], last: bool) {
+        let State::Body(txn, stuffer) = &mut self.state else {
+            return;
+        };
+        let chunk = &mut self.chunk;
+        chunk.clear();
+        stuffer.stuff(piece, chunk);
+        if last {
+            stuffer.end(chunk);
+        }
+        if chunk.is_empty() && !last {
+            return;
+        }
+        let _ = write!(
+            self.out,
+            "BDAT {}{}\r\n",
+            chunk.len(),
+            if last { " LAST" } else { "" }
+        );
+        self.out.extend_from_slice(chunk);
+        txn.pending.push_back(Expect::Bdat(last));
+        txn.last_sent = last;
+        if self.chunk.capacity() > 2 * HIGH_WATER {
+            self.chunk = Vec::new();
+        }
+    }
+
     /// The loop should hand over the next piece of a `Body::Pieces` now
     /// (`push_body`): the data has begun and the output is running low.
     pub fn wants_body(&self) -> bool {
@@ -791,13 +931,24 @@ impl Client {
     /// may be empty), after which the end-of-data line follows. Pieces are
     /// cut anywhere; their sizes must add up to the promised size.
     pub fn push_body(&mut self, piece: &[u8], last: bool) {
-        let State::Body(_, stuffer) = &mut self.state else {
-            debug_assert!(false, "push_body in state {}", self.state.name());
+        let State::Body(txn, stuffer) = &mut self.state else {
+            // A refused chunk may have ended the sending meanwhile.
+            debug_assert!(
+                matches!(&self.state, State::DataDone(txn, _) if txn.bdat),
+                "push_body in state {}",
+                self.state.name()
+            );
             return;
         };
-        stuffer.stuff(piece, &mut self.out);
+        if txn.bdat {
+            self.emit_chunk(piece, last);
+        } else {
+            stuffer.stuff(piece, &mut self.out);
+            if last {
+                stuffer.end(&mut self.out);
+            }
+        }
         if last {
-            stuffer.end(&mut self.out);
             self.refill();
         }
     }
@@ -808,10 +959,28 @@ impl Client {
             return;
         };
         if let Body::Whole(body) = &txn.body {
-            if self.out.len() < LOW_WATER {
+            if txn.bdat {
+                // A chunk at a time, each about what the output may hold.
+                let body = body.clone();
+                while self.out.len() < LOW_WATER {
+                    let State::Body(_, stuffer) = &mut self.state else {
+                        return;
+                    };
+                    if stuffer.done {
+                        break;
+                    }
+                    let end = body.len().min(stuffer.pos + HIGH_WATER / 2);
+                    let (from, last) = (stuffer.pos, end == body.len());
+                    stuffer.pos = end;
+                    self.emit_chunk(&body[from..end], last);
+                }
+            } else if self.out.len() < LOW_WATER {
                 stuffer.fill(body, &mut self.out, HIGH_WATER);
             }
         }
+        let State::Body(_, stuffer) = &mut self.state else {
+            return;
+        };
         if stuffer.done {
             let State::Body(txn, _) = self.take_state() else {
                 unreachable!("matched above")
@@ -925,6 +1094,7 @@ mod proptests {
             3 => Just(b"220 mx ESMTP\r\n".to_vec()),
             3 => Just(b"250 2.0.0 ok\r\n".to_vec()),
             2 => Just(b"250-mx\r\n250-PIPELINING\r\n250-SIZE 100\r\n250 8BITMIME\r\n".to_vec()),
+            2 => Just(b"250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n".to_vec()),
             1 => Just(b"250-mx\r\n250 SMTPUTF8\r\n".to_vec()),
             3 => Just(b"354 go\r\n".to_vec()),
             1 => Just(b"421 4.3.2 bye\r\n".to_vec()),
@@ -975,7 +1145,7 @@ mod proptests {
             cuts in prop::collection::vec(any::<usize>(), 0..10),
             txns in prop::collection::vec(transaction(), 1..4),
             quit_early in any::<bool>(),
-            opening in 0..3u8,
+            opening in 0..4u8,
             pipeline_next in any::<bool>(),
         ) {
             // Most runs get as far as a transaction: a greeting and an EHLO
@@ -983,6 +1153,7 @@ mod proptests {
             let mut input = match opening {
                 0 => b"220 mx\r\n250-mx\r\n250 PIPELINING\r\n".to_vec(),
                 1 => b"220 mx\r\n250 mx\r\n".to_vec(),
+                2 => b"220 mx\r\n250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n".to_vec(),
                 _ => Vec::new(),
             };
             input.extend(replies.concat());

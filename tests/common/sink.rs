@@ -25,6 +25,8 @@ pub struct Transaction {
     /// Its MAIL was already here when the previous end of data was read:
     /// the client pipelined it behind the dot.
     pub behind_the_dot: bool,
+    /// BDAT chunks it came in (0: it came after DATA).
+    pub bdat_chunks: usize,
 }
 
 /// Decides the reply to RCPT (by its argument) and to the end of data (by
@@ -53,8 +55,17 @@ impl Sink {
         Sink::try_start(addr, script).expect("bind sink")
     }
 
+    /// A sink that also offers CHUNKING (RFC 3030) and takes BDAT.
+    pub fn start_chunking() -> Sink {
+        Sink::bind("127.0.0.1:0", Arc::new(|_, _, _| None), true).expect("bind sink")
+    }
+
     /// As `start_with`, for addresses that may be unavailable (port 25).
     pub fn try_start(addr: &str, script: Script) -> std::io::Result<Sink> {
+        Sink::bind(addr, script, false)
+    }
+
+    fn bind(addr: &str, script: Script, chunking: bool) -> std::io::Result<Sink> {
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -68,7 +79,7 @@ impl Sink {
                     Ok((stream, _)) => {
                         let n = c.fetch_add(1, Ordering::SeqCst);
                         let (r, script) = (r.clone(), script.clone());
-                        std::thread::spawn(move || serve(stream, n, r, script));
+                        std::thread::spawn(move || serve(stream, n, r, script, chunking));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -110,6 +121,7 @@ fn serve(
     connection: usize,
     received: Arc<Mutex<Vec<Transaction>>>,
     script: Script,
+    chunking: bool,
 ) {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -132,8 +144,8 @@ fn serve(
         let upper = text.to_ascii_uppercase();
         let reply = if upper.starts_with("EHLO") {
             helo = text[4..].trim().to_string();
-            "250-sink.test\r\n250-PIPELINING\r\n250-SIZE 100000000\r\n250-8BITMIME\r\n250 SMTPUTF8"
-                .to_string()
+            let chunking = if chunking { "250-CHUNKING\r\n" } else { "" };
+            format!("250-sink.test\r\n250-PIPELINING\r\n{chunking}250-SIZE 100000000\r\n250-8BITMIME\r\n250 SMTPUTF8")
         } else if upper.starts_with("HELO") {
             helo = text[4..].trim().to_string();
             "250 sink.test".to_string()
@@ -185,6 +197,36 @@ fn serve(
                     }
                 }
                 _ => "554 5.5.1 no valid recipients".to_string(),
+            }
+        } else if chunking && upper.starts_with("BDAT ") {
+            let mut words = upper[5..].split_ascii_whitespace();
+            let n: usize = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let last = words.next() == Some("LAST");
+            let mut chunk = vec![0; n];
+            if std::io::Read::read_exact(&mut input, &mut chunk).is_err() {
+                return;
+            }
+            match txn.as_mut() {
+                Some(t) if !t.rcpt_to.is_empty() => {
+                    t.raw.extend_from_slice(&chunk);
+                    t.data.extend_from_slice(&chunk);
+                    t.bdat_chunks += 1;
+                    if last {
+                        after_dot = !input.buffer().is_empty();
+                        let t = txn.take().unwrap();
+                        let before = received.lock().unwrap().len();
+                        match script(Stage::EndOfData, "", before) {
+                            Some(reply) => reply,
+                            None => {
+                                received.lock().unwrap().push(t);
+                                "250 2.0.0 Ok: queued".to_string()
+                            }
+                        }
+                    } else {
+                        format!("250 2.0.0 Ok: {n} octets")
+                    }
+                }
+                _ => "503 5.5.1 no valid recipients".to_string(),
             }
         } else if upper == "RSET" {
             txn = None;

@@ -264,8 +264,10 @@ fn extensions_from_ehlo() {
             eight_bit_mime: true,
             smtputf8: true,
             starttls: true,
+            chunking: false,
         }
     );
+    assert!(ext("250-mx\r\n250 chunking\r\n").chunking);
     assert_eq!(ext("250-mx\r\n250 SIZE\r\n").size, Some(0));
     assert_eq!(ext("250-mx\r\n250 size x\r\n").size, Some(0));
     // The first line is the greeting, whatever it says.
@@ -1443,4 +1445,156 @@ fn a_body_in_pieces_goes_out_as_the_whole_would() {
     }
     assert_eq!(send_in_pieces(&big, 65_536), model(&big));
     assert_eq!(send_in_pieces(&big, 65_537), model(&big));
+}
+
+/// A client that has greeted a server offering PIPELINING and CHUNKING.
+fn chunking_client() -> Client {
+    let mut client = Client::new("relay.example");
+    client.receive(b"220 mx\r\n250-mx\r\n250-PIPELINING\r\n250-SIZE 100000000\r\n250 CHUNKING\r\n");
+    assert_eq!(client.poll_event(), Some(Event::Ready));
+    client.output().clear();
+    client
+}
+
+/// Everything the client writes until it stops, answering nothing.
+fn drain(client: &mut Client) -> Vec<u8> {
+    let mut wire = Vec::new();
+    loop {
+        let out = std::mem::take(client.output());
+        if out.is_empty() {
+            return wire;
+        }
+        wire.extend(out);
+    }
+}
+
+/// The body of a BDAT stream: chunk sizes checked, content joined.
+fn unchunk(wire: &[u8]) -> (Vec<u8>, usize, bool) {
+    let (mut body, mut chunks, mut last) = (Vec::new(), 0, false);
+    let mut rest = wire;
+    while !rest.is_empty() {
+        let end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let line = std::str::from_utf8(&rest[..end]).unwrap();
+        let mut words = line.split(' ');
+        assert_eq!(words.next(), Some("BDAT"), "{line}");
+        let n: usize = words.next().unwrap().parse().unwrap();
+        assert!(!last, "a chunk after LAST");
+        last = words.next() == Some("LAST");
+        body.extend_from_slice(&rest[end + 2..end + 2 + n]);
+        rest = &rest[end + 2 + n..];
+        chunks += 1;
+    }
+    (body, chunks, last)
+}
+
+#[test]
+fn bdat_to_a_chunking_server_without_stuffing_and_never_a_bare_line_end() {
+    for (body, pieces) in [
+        (b"Subject: x\r\n\r\n.dot\r\n..\r\n.\r\nend".to_vec(), false),
+        (b"bare\nlf and bare\r cr\r".to_vec(), true),
+        (Vec::new(), false),
+        ([b"..line\r\n".as_slice(); 30_000].concat(), true),
+    ] {
+        let mut client = chunking_client();
+        let size = body.len() as u64;
+        client.send(Transaction {
+            reverse_path: "a@x.example".into(),
+            recipients: vec!["b@y.example".into(), "c@y.example".into()],
+            body: if pieces {
+                Body::Pieces { size }
+            } else {
+                body.clone().into()
+            },
+            eight_bit: false,
+            smtputf8: false,
+        });
+        assert_eq!(
+            drain(&mut client),
+            b"MAIL FROM:<a@x.example> SIZE="
+                .iter()
+                .copied()
+                .chain(size.to_string().into_bytes())
+                .chain(
+                    b"\r\nRCPT TO:<b@y.example>\r\nRCPT TO:<c@y.example>\r\n"
+                        .iter()
+                        .copied()
+                )
+                .collect::<Vec<u8>>(),
+            "no chunk before the envelope is answered"
+        );
+        client.receive(b"250 ok\r\n250 ok\r\n550 no such user\r\n");
+        let mut wire = Vec::new();
+        let mut fed = body.chunks(7_000).peekable();
+        loop {
+            if client.wants_body() {
+                let piece = fed.next().unwrap_or(b"");
+                client.push_body(piece, fed.peek().is_none());
+                continue;
+            }
+            let out = drain(&mut client);
+            if out.is_empty() {
+                break;
+            }
+            wire.extend(out);
+        }
+        let (sent, chunks, last) = unchunk(&wire);
+        assert!(last, "ends with LAST");
+        assert_eq!(
+            sent,
+            normalised(&body),
+            "content as stored, line ends made CRLF"
+        );
+        for _ in 1..chunks {
+            assert_eq!(client.waiting(), Some(Wait::DataDone));
+            client.receive(b"250 2.0.0 chunk ok\r\n");
+            assert_eq!(client.poll_event(), None);
+        }
+        client.receive(b"250 2.0.0 queued\r\n");
+        assert_eq!(
+            client.poll_event(),
+            Some(Event::Finished(replies(&[
+                "250 2.0.0 queued",
+                "550 no such user"
+            ])))
+        );
+        assert_eq!(client.poll_event(), Some(Event::Ready));
+    }
+}
+
+#[test]
+fn a_refused_middle_chunk_fails_the_transaction_and_stops_the_chunks() {
+    let mut client = chunking_client();
+    let body = vec![b'x'; 1 << 20];
+    client.send(Transaction {
+        reverse_path: "a@x.example".into(),
+        recipients: vec!["b@y.example".into()],
+        body: Body::Pieces {
+            size: body.len() as u64 + 2,
+        },
+        eight_bit: false,
+        smtputf8: false,
+    });
+    drain(&mut client);
+    client.receive(b"250 ok\r\n250 ok\r\n");
+    let mut pieces = body.chunks(65_536);
+    assert!(client.wants_body());
+    client.push_body(pieces.next().unwrap(), false);
+    let first = drain(&mut client);
+    assert_eq!(unchunk(&first).1, 1);
+    // The server refuses the first chunk while the second is being sent.
+    client.push_body(pieces.next().unwrap(), false);
+    client.receive(b"552 5.3.4 too big\r\n");
+    assert!(!client.wants_body(), "no chunk after a refusal");
+    // The chunk already framed still goes out whole, then RSET follows
+    // once its reply is in.
+    let second = drain(&mut client);
+    assert_eq!(unchunk(&second), (vec![b'x'; 65_536], 1, false));
+    client.receive(b"503 5.5.1 no transaction\r\n");
+    assert_eq!(
+        client.poll_event(),
+        Some(Event::Finished(replies(&["552 5.3.4 too big"])))
+    );
+    assert_eq!(drain(&mut client), b"RSET\r\n");
+    client.receive(b"250 ok\r\n");
+    assert_eq!(client.poll_event(), Some(Event::Ready));
 }
