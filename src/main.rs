@@ -76,6 +76,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Err(e) = event_loop::raise_fd_limit() {
         warn!("cannot raise the open file limit: {e}");
     }
+    event_loop::ignore_file_size_signal();
     let queue = match Queue::open(&config.queue) {
         Ok(queue) => queue,
         Err(e) => {

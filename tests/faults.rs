@@ -521,3 +521,62 @@ fn misbehaving_next_hops_defer_the_mail_and_it_is_delivered_later() {
         mailhop.log()
     );
 }
+
+/// (e) A queue write past `RLIMIT_FSIZE` is an error, not a crash
+/// (SIGXFSZ is ignored): the client gets 451, the relay keeps serving.
+#[test]
+fn a_file_size_limit_gives_451_and_the_relay_stays_up() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempdir();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("mailhop.toml"),
+        format!(
+            "listen = [\"127.0.0.1:{port}\"]\nqueue = \"queue.db\"\nhostname = \"beta.test\"\nlocal_domains = [\"beta.test\"]\nlocal_users = [\"jones\"]\nmaildir = \"/dev/null/mail\"\n[dns]\nservers = [\"127.0.0.1:9\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut command = std::process::Command::new(BIN);
+    command
+        .args(serve_args(dir.path()))
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: only setrlimit between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 3 << 20,
+                rlim_max: 3 << 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(wait_listening(addr, Duration::from_secs(20)), "mailhop did not start");
+    let mut c = Client::connect(addr);
+    expect(&c.reply(), "220");
+    expect(&c.cmd("EHLO big.test"), "250");
+    expect(&c.cmd("MAIL FROM:<s@a.test>"), "250");
+    expect(&c.cmd("RCPT TO:<jones@beta.test>"), "250");
+    expect(&c.cmd("DATA"), "354");
+    let line = b"a line of a message far bigger than the file size limit\r\n";
+    for _ in 0..(6 << 20) / line.len() {
+        c.send(line);
+    }
+    let reply = c.cmd(".");
+    expect(&reply, "451 4.3.0");
+    assert!(child.try_wait().unwrap().is_none(), "mailhop died of SIGXFSZ");
+    // Still serving, in the same session and a new one.
+    expect(&c.cmd("NOOP"), "250");
+    let mut d = Client::connect(addr);
+    expect(&d.reply(), "220");
+    expect(&d.cmd("QUIT"), "221");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -90,6 +90,17 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
+/// A write past `RLIMIT_FSIZE` raises SIGXFSZ, which kills by default; as
+/// Postfix's master does, ignore it, so the write fails with EFBIG instead:
+/// the commit fails, the client gets 451, and the relay goes on serving.
+pub fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no handler
+    // that could run unsafely; done once at start-up.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 /// Lets a signal handler (another thread) ask the loop to stop.
 #[derive(Clone)]
 pub struct ShutdownHandle {
