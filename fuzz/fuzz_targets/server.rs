@@ -51,6 +51,12 @@ fuzz_target!(|input: &[u8]| {
             let used = session.receive(&held, &mut env);
             assert!(used <= held.len());
             held.drain(..used);
+            if let Some((_, _, piece)) = session.piece() {
+                assert!(piece.len() <= mailhop::message::PIECE);
+                session.piece_written();
+                continue;
+            }
+            let _ = session.take_discarded();
             if let Some(message) = session.take_accepted() {
                 assert!(!message.recipients.is_empty());
                 assert!(message.body.len() <= 4096 + 1024);
