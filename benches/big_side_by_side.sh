@@ -41,6 +41,10 @@
 #   SMALL_CONC=100  SMALL_REUSE=20000  SMALL_NEW=10000  SMALL_SIZE=1024
 #   MEM_CONNS=1000  MEM_SIZE=10M  IDLE=10000  MEM_DIR=/var/tmp
 #   MAX_TIME=300        bound of each load run (seconds); DRAIN_MAX=300 bound of each drain wait
+#   QUIET_CPU=0.15 QUIET_WAIT=180  before each run, wait (at most QUIET_WAIT s) until processes
+#                       outside the benchmark use < QUIET_CPU cores (a build running beside it on a
+#                       2-core box halves any figure); the CPU they used during each run is kept
+#                       ("foreign") and runs where it exceeded 0.1 core are listed at the end
 #   OUT=dir             where results go (default a new /tmp/big-side-by-side.XXXXXX)
 #   CONF_DIR, QUEUE_DIR, DATA_DIR, LOG_FILE  of the private Postfix (default /etc/postfix-big ...)
 #
@@ -102,10 +106,65 @@ cutime + cstime) and samples its RSS and PSS every 100 ms. Appends one JSON line
 prints a one-line summary."""
 import json, os, re, subprocess, sys, threading, time
 
+hz = os.sysconf("SC_CLK_TCK")
+ROOTS = [int(x) for x in os.environ.get("BENCH_ROOTS", "").split(",") if x]
+QUIET_CPU = float(os.environ.get("QUIET_CPU", "0.15"))
+QUIET_WAIT = float(os.environ.get("QUIET_WAIT", "180"))
+
+
+def foreign_snapshot():
+    """CPU ticks (with reaped children) of every user process outside our trees."""
+    kids, info = {}, {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                s = open(f"/proc/{d}/stat").read()
+                f = s[s.rfind(")") + 2:].split()
+                ppid = int(f[1])
+                kids.setdefault(ppid, []).append(int(d))
+                info[int(d)] = (ppid, sum(int(x) for x in f[11:15]), f[19])
+            except (OSError, ValueError, IndexError):
+                pass
+    ours, todo = set(), list(ROOTS)
+    while todo:
+        p = todo.pop()
+        if p not in ours:
+            ours.add(p)
+            todo.extend(kids.get(p, []))
+    return {p: (t, st) for p, (pp, t, st) in info.items() if p not in ours and p != 2 and pp != 2}
+
+
+def foreign_cpu(a, b):
+    """CPU seconds used outside our trees between snapshots a and b."""
+    t = 0
+    for p, (ticks, st) in b.items():
+        if p in a and a[p][1] == st:
+            t += ticks - a[p][0]
+        else:
+            t += ticks
+    return t / hz
+
+
+def quiet_wait():
+    """Wait (bounded) until the machine outside our processes is quiet for a second."""
+    t0 = time.time()
+    while True:
+        a = foreign_snapshot()
+        time.sleep(1)
+        f = foreign_cpu(a, foreign_snapshot())
+        if f < QUIET_CPU or time.time() - t0 > QUIET_WAIT:
+            return round(time.time() - t0, 1), round(f, 2)
+
+
+if sys.argv[1] == "--quiet":
+    w, f = quiet_wait()
+    if w > 1.5 or f >= QUIET_CPU:
+        print(f"  (waited {w} s for other processes to go quiet; last second {f} cores)", flush=True)
+    sys.exit(0)
+
 results, bench, relay, rnd, kind, sink, pid, drain_max = sys.argv[1:9]
 cmd = sys.argv[10:]
 pid = None if pid == "-" else int(pid)
-hz = os.sysconf("SC_CLK_TCK")
 
 
 def sink_count(port):
@@ -172,8 +231,10 @@ def sampler():
         stop.wait(0.1)
 
 
+waited, quiet_last = quiet_wait()
 before = sink_count(sink) if sink != "-" else 0
 cpu0 = cpu(pid) if pid else None
+fs0 = foreign_snapshot()
 th = None
 if pid:
     th = threading.Thread(target=sampler, daemon=True)
@@ -215,6 +276,8 @@ if sink != "-":
     d["e2e_per_s"] = round(delivered / d["e2e_s"], 3)
     if kind == "load":
         d["e2e_mb_per_s"] = round(delivered * size / d["e2e_s"] / 1e6, 3)
+t_end = time.time()
+d["foreign"] = {"waited_s": waited, "cpu_s": round(foreign_cpu(fs0, foreign_snapshot()), 2), "wall_s": round(t_end - t0, 2)}
 if pid:
     stop.set()
     th.join()
@@ -232,7 +295,10 @@ if "e2e_s" in d:
     e = d.get("e2e_mb_per_s") if kind == "load" else d["e2e_per_s"]
     extra = f", e2e {e} {unit}{'' if d['drained'] else ' (NOT DRAINED)'}"
 errs = d.get("errors", d.get("rc", 0))
-print(f"  round {rnd} {bench:<12} {relay:<8} {rate} {unit}{extra}, errors/rc {errs}", flush=True)
+fo = d["foreign"]
+fnote = f"; other processes {fo['cpu_s']} CPU s in {fo['wall_s']} s" if fo["cpu_s"] > 0.05 * fo["wall_s"] else ""
+wnote = f" (waited {waited} s for quiet)" if waited > 1.5 else ""
+print(f"  round {rnd} {bench:<12} {relay:<8} {rate} {unit}{extra}, errors/rc {errs}{fnote}{wnote}", flush=True)
 EOF
 
 # --- servers ------------------------------------------------------------------------------
@@ -248,7 +314,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_sink() { "$PERF/sink.sh" "$1" 3600 >/dev/null; SINKS+=("$1"); }
+# our process trees (this script, the sinks, Postfix): CPU outside them counts as "other processes"
+BENCH_ROOTS=$$
+export BENCH_ROOTS QUIET_CPU=${QUIET_CPU:-0.15} QUIET_WAIT=${QUIET_WAIT:-180}
+start_sink() { local p; p=$("$PERF/sink.sh" "$1" 3600); SINKS+=("$1"); BENCH_ROOTS+=",$p"; }
+quiet() { python3 "$OUT/drive.py" --quiet; }
 wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 # mailhop_conf FILE PORT SINK QUEUE [extra lines]
 mailhop_conf() {
@@ -292,6 +362,7 @@ if [[ $BIG == 1 ]]; then
   sleep 1
   wait_port $PF_PORT
   PF_PID=$(tr -d ' ' < "$QUEUE_DIR/pid/master.pid")
+  BENCH_ROOTS+=",$PF_PID"
   echo "Postfix $(postconf -c "$CONF_DIR" -h mail_version) (master pid $PF_PID, $CONF_DIR) on :$PF_PORT -> smtp-sink :$PF_SINK," \
        "message_size_limit $(postconf -c "$CONF_DIR" -h message_size_limit)"
 fi
@@ -369,6 +440,7 @@ if [[ $MEMORY == 1 ]]; then
        --server-pid "$MEM_PID" --max-time 900 --json)
   echo "memory: ${cmd[*]}" >> "$OUT/commands.txt"
   before=$("$PERF/sink.sh" count $MEM_SINK)
+  quiet
   line=$("${cmd[@]}")
   t_end=$(date +%s.%N)
   hwm=$(rss_kb $MEM_PID VmHWM:); rss_end=$(rss_kb $MEM_PID VmRSS:)
@@ -403,6 +475,7 @@ print(json.dumps(d))' "$line" "$idle" "$hwm" "$rss_end" "$rss10" "$((at10 - befo
       wait_port $MEM_PORT; sleep 2
       idle=$(rss_kb $MEM_PID VmRSS:)
       echo "idle round $round $build: python3 $PERF/idle_conns.py 127.0.0.1:$MEM_PORT $IDLE --hold 5" >> "$OUT/commands.txt"
+      quiet
       python3 "$PERF/idle_conns.py" 127.0.0.1:$MEM_PORT "$IDLE" --hold 5 > "$MEM_Q/idle.txt" 2>&1 &
       ic=$!
       peak=0
@@ -489,6 +562,11 @@ for r in mem:
     print(f"  accepted {r['accepted']} in {r['elapsed_s']:.1f} s ({r['accepted_mb_per_s']:.1f} MB/s), errors {r['errors']}; "
           f"delivered {r['delivered_10s_after']} by 10 s after, {r['delivered']} in all ({r['drain_after_load_s']} s after the load); "
           f"queue dir at end {r['queue_dir_bytes_at_end'] / 1e9:.2f} GB")
+noisy = [r for r in rows if r.get("foreign") and r["foreign"]["cpu_s"] > 0.1 * r["foreign"]["wall_s"]]
+if noisy:
+    print(f"\nRuns during which processes outside the benchmark used > 0.1 core: {len(noisy)} of {len([r for r in rows if r.get('foreign')])}")
+    for r in noisy:
+        print(f"  round {r['round']} {r['bench']} {r['relay']}: {r['foreign']['cpu_s']} CPU s in {r['foreign']['wall_s']} s")
 idle = [r for r in rows if r["bench"] == "idle"]
 if idle:
     print(f"\n{idle[0]['sessions']:,} idle sessions, fresh mailhop; medians of {len({r['round'] for r in idle})} rounds")

@@ -163,6 +163,7 @@ fn stuffing(c: &mut Criterion) {
                         body: Body::Whole(body.clone()),
                         eight_bit: false,
                         smtputf8: false,
+                        dsn: Default::default(),
                     });
                     client.output().clear();
                     client.receive(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 Go ahead\r\n");

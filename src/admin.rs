@@ -202,6 +202,14 @@ pub fn show(d: &MessageDetail) -> String {
     let _ = writeln!(out, "  received at:   {}", d.received_at);
     let _ = writeln!(out, "  size:          {} octets", d.size);
     let _ = writeln!(out, "  flags:         {flags}");
+    if d.ret.is_some() || d.envid.is_some() {
+        let _ = writeln!(
+            out,
+            "  dsn:           RET={} ENVID={}",
+            d.ret.as_deref().unwrap_or("-"),
+            d.envid.as_deref().unwrap_or("-")
+        );
+    }
     let _ = writeln!(out, "\nRecipients ({}):", d.recipients.len());
     for r in &d.recipients {
         let _ = writeln!(out, "  {}", r.recipient);
@@ -210,6 +218,14 @@ pub fn show(d: &MessageDetail) -> String {
             let _ = writeln!(out, "    forward path:  <{}>", r.forward_path);
         }
         let _ = writeln!(out, "    next hop:      {}", r.next_hop);
+        if r.notify.is_some() || r.orcpt.is_some() {
+            let _ = writeln!(
+                out,
+                "    dsn:           NOTIFY={} ORCPT={}",
+                r.notify.as_deref().unwrap_or("-"),
+                r.orcpt.as_deref().unwrap_or("-")
+            );
+        }
         let _ = writeln!(out, "    attempts:      {}", r.attempts);
         match (&r.finished_at, r.status.as_str()) {
             (Some(at), _) => {
@@ -408,9 +424,13 @@ mod tests {
                 last_reply: Some("deleted by operator".into()),
                 finished_at: Some("2023-11-14T22:20:00Z".into()),
                 delete_requested: false,
+                notify: Some("SUCCESS,FAILURE".into()),
+                orcpt: None,
             }],
             attempts: Vec::new(),
             header: None,
+            ret: None,
+            envid: None,
         };
         let text = show(&detail);
         for want in [

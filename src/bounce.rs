@@ -13,6 +13,10 @@ pub enum Action {
     Failed,
     /// Still trying: the delay warning.
     Delayed,
+    /// Delivered here (`NOTIFY=SUCCESS`, RFC 3461).
+    Delivered,
+    /// Handed to a next hop that does not offer DSN (`NOTIFY=SUCCESS`).
+    Relayed,
 }
 
 /// One recipient the report is about.
@@ -29,6 +33,8 @@ pub struct ReportedRecipient {
     pub diagnostic: Option<String>,
     /// When the last attempt was made (`Last-Attempt-Date:`).
     pub last_attempt: Option<SystemTime>,
+    /// `ORCPT=` as given, `addr-type;address` (`Original-Recipient:`).
+    pub original_recipient: Option<String>,
 }
 
 /// The message the report is about.
@@ -39,8 +45,13 @@ pub struct Original<'a> {
     /// The sender the report goes to (never empty: mail from `<>` is not reported on).
     pub sender: &'a str,
     pub received_at: SystemTime,
-    /// The stored message (CRLF line ends); only its header section is returned.
+    /// The stored message (CRLF line ends), or its first piece; only its
+    /// header section is returned unless `full`.
     pub message: &'a [u8],
+    /// `RET=FULL` and `message` is all of it: returned whole.
+    pub full: bool,
+    /// `ENVID=` as given (`Original-Envelope-Id:`).
+    pub envid: Option<&'a str>,
 }
 
 /// Builds the whole report message, CRLF line ends, ready to queue: the
@@ -65,12 +76,22 @@ pub fn report(
     now: SystemTime,
 ) -> Vec<u8> {
     let failed = recipients.is_empty() || recipients.iter().any(|r| r.action == Action::Failed);
+    let success = !failed && recipients.iter().all(|r| r.action != Action::Delayed);
     let host = seven_bit(hostname);
     let id = seven_bit(original.id);
 
-    let notice = human_part(&host, original, recipients, failed);
+    let kind = match (failed, success) {
+        (true, _) => Kind::Failure,
+        (false, true) => Kind::Success,
+        (false, false) => Kind::Delay,
+    };
+    let notice = human_part(&host, original, recipients, kind);
     let status = status_part(&host, &id, original, recipients);
-    let (headers, eight_bit) = original_headers(original.message);
+    let (headers, eight_bit) = if original.full {
+        original_lines(original.message, usize::MAX)
+    } else {
+        original_headers(original.message)
+    };
 
     let micros = now
         .duration_since(UNIX_EPOCH)
@@ -82,10 +103,10 @@ pub fn report(
         [notice.as_bytes(), status.as_bytes(), &headers],
     );
     let cte = if eight_bit { "8bit" } else { "7bit" };
-    let subject = if failed {
-        "Undelivered Mail Returned to Sender"
-    } else {
-        "Delayed Mail (still being retried)"
+    let subject = match kind {
+        Kind::Failure => "Undelivered Mail Returned to Sender",
+        Kind::Delay => "Delayed Mail (still being retried)",
+        Kind::Success => "Successful Mail Delivery Report",
     };
 
     let mut out = String::with_capacity(2048 + notice.len() + status.len());
@@ -116,8 +137,13 @@ pub fn report(
     out.push_str("Content-Type: message/delivery-status\r\n\r\n");
     out.push_str(&status);
     out.push_str(&format!("\r\n--{boundary}\r\n"));
-    out.push_str("Content-Description: Undelivered Message Headers\r\n");
-    out.push_str("Content-Type: text/rfc822-headers\r\n");
+    if original.full {
+        out.push_str("Content-Description: Undelivered Message\r\n");
+        out.push_str("Content-Type: message/rfc822\r\n");
+    } else {
+        out.push_str("Content-Description: Undelivered Message Headers\r\n");
+        out.push_str("Content-Type: text/rfc822-headers\r\n");
+    }
     out.push_str(&format!("Content-Transfer-Encoding: {cte}\r\n\r\n"));
 
     let mut bytes = out.into_bytes();
@@ -230,14 +256,31 @@ fn chunks(s: &str, max: usize) -> impl Iterator<Item = &str> {
 }
 
 /// Part 1, for people: what happened, then one paragraph per recipient.
+/// What a report says: RFC 3464 reports of three kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Failure,
+    Delay,
+    Success,
+}
+
 fn human_part(
     host: &str,
     original: &Original<'_>,
     recipients: &[ReportedRecipient],
-    failed: bool,
+    kind: Kind,
 ) -> String {
+    let failed = kind == Kind::Failure;
     let mut out = format!("This is the mail system at host {host}.\r\n\r\n");
-    if failed {
+    if kind == Kind::Success {
+        push_wrapped(
+            &mut out,
+            "Your message was delivered to the recipients below, or handed on \
+             to a mail system that does not send delivery reports (\"relayed\"), \
+             as you asked (NOTIFY=SUCCESS).",
+            0,
+        );
+    } else if failed {
         out.push_str(
             "I'm sorry to have to inform you that your message could not\r\n\
              be delivered to one or more recipients. The header section of\r\n\
@@ -289,6 +332,12 @@ fn status_part(
     recipients: &[ReportedRecipient],
 ) -> String {
     let mut out = String::new();
+    if let Some(envid) = original.envid {
+        push_field(
+            &mut out,
+            &format!("Original-Envelope-Id: {}", seven_bit(envid)),
+        );
+    }
     push_field(&mut out, &format!("Reporting-MTA: dns; {host}"));
     push_field(
         &mut out,
@@ -297,6 +346,12 @@ fn status_part(
     push_field(&mut out, &format!("X-Mailhop-Queue-ID: {id}"));
     for r in recipients {
         out.push_str("\r\n");
+        if let Some(orcpt) = &r.original_recipient {
+            push_field(
+                &mut out,
+                &format!("Original-Recipient: {}", seven_bit(orcpt)),
+            );
+        }
         push_field(
             &mut out,
             &format!("Final-Recipient: rfc822; {}", seven_bit(&r.mailbox)),
@@ -304,6 +359,8 @@ fn status_part(
         let action = match r.action {
             Action::Failed => "failed",
             Action::Delayed => "delayed",
+            Action::Delivered => "delivered",
+            Action::Relayed => "relayed",
         };
         push_field(&mut out, &format!("Action: {action}"));
         push_field(&mut out, &format!("Status: {}", status(r)));
@@ -340,6 +397,7 @@ fn status(r: &ReportedRecipient) -> &str {
         (true, _) => &r.status,
         (false, Action::Failed) => "5.0.0",
         (false, Action::Delayed) => "4.0.0",
+        (false, Action::Delivered | Action::Relayed) => "2.0.0",
     }
 }
 
@@ -361,16 +419,23 @@ fn is_reply(s: &str) -> bool {
 const MAX_HEADERS: usize = 64 * 1024;
 
 fn original_headers(message: &[u8]) -> (Vec<u8>, bool) {
+    original_lines(message, MAX_HEADERS)
+}
+
+/// The header section (`limit` bytes at most), or with `usize::MAX` the
+/// whole message (RET=FULL), sanitised as `original_headers` says.
+fn original_lines(message: &[u8], limit: usize) -> (Vec<u8>, bool) {
+    let whole = limit == usize::MAX;
     let mut out = Vec::with_capacity(message.len().min(MAX_HEADERS));
     let mut rest = message;
-    while !rest.is_empty() && out.len() + MAX_LINE + 2 <= MAX_HEADERS {
+    while !rest.is_empty() && out.len().saturating_add(MAX_LINE + 2) <= limit {
         let (line, next) = match memchr(b'\n', rest) {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, &rest[rest.len()..]),
         };
         rest = next;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
+        if line.is_empty() && !whole {
             break;
         }
         let mut cut = line.len().min(MAX_LINE);
@@ -428,6 +493,8 @@ mod tests {
             sender: "smith@alpha.example",
             received_at: at(1_700_000_000),
             message,
+            full: false,
+            envid: None,
         }
     }
 
@@ -439,6 +506,7 @@ mod tests {
             remote_mta: Some("mx.beta.example".into()),
             diagnostic: diagnostic.map(Into::into),
             last_attempt: Some(at(1_700_000_100)),
+            original_recipient: None,
         }
     }
 
@@ -452,6 +520,7 @@ mod tests {
                 "connect to mx.gamma.example[192.0.2.7]:25: Connection refused".into(),
             ),
             last_attempt: None,
+            original_recipient: None,
         }
     }
 
@@ -831,6 +900,7 @@ mod proptests {
                     remote_mta,
                     diagnostic,
                     last_attempt: last.map(|s| UNIX_EPOCH + Duration::from_secs(s)),
+                    original_recipient: None,
                 }
             })
     }
@@ -854,6 +924,8 @@ mod proptests {
                 sender: &sender,
                 received_at: UNIX_EPOCH + Duration::from_secs(received),
                 message: &message,
+                full: false,
+                envid: None,
             };
             let report = report(&hostname, &original, &recipients, UNIX_EPOCH + Duration::from_secs(now));
             prop_assert!(report.ends_with(b"\r\n"));

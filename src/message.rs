@@ -3,8 +3,10 @@
 use std::net::IpAddr;
 use std::time::SystemTime;
 
+use crate::smtp::dsn::{Notify, Ret};
+
 /// One accepted recipient, with the next hop worked out at RCPT time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Recipient {
     /// The mailbox, `user@domain`, no angle brackets.
     pub mailbox: String,
@@ -13,6 +15,10 @@ pub struct Recipient {
     pub forward_path: String,
     /// `local`, a `[routes]` target as written, or the domain to look up by MX.
     pub next_hop: String,
+    /// `NOTIFY=` (RFC 3461); `None`: failures and delays are reported.
+    pub notify: Option<Notify>,
+    /// `ORCPT=`, decoded: `addr-type;address`.
+    pub orcpt: Option<String>,
 }
 
 /// A message committed (or about to be) to the queue.
@@ -32,6 +38,9 @@ pub struct Message {
     pub eight_bit: bool,
     /// `SMTPUTF8` was given.
     pub smtputf8: bool,
+    /// `RET=` and `ENVID=` (RFC 3461).
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
     /// The end of the message as stored (our `Received:` line, then the
     /// data, unstuffed, with CRLF line ends): all of it when `chunks` is 0,
     /// else what followed the `chunks` pieces already written to the queue

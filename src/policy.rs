@@ -73,6 +73,7 @@ impl Policy {
                     forward_path: mailbox.clone(),
                     mailbox,
                     next_hop: LOCAL.to_string(),
+                    ..Recipient::default()
                 });
             }
             ForwardPath::Path(path) => path,
@@ -118,6 +119,7 @@ impl Policy {
             forward_path: written.clone(),
             mailbox: written,
             next_hop,
+            ..Recipient::default()
         })
     }
 
@@ -150,6 +152,7 @@ impl Policy {
             mailbox: path.mailbox.to_string(),
             forward_path: remaining.to_string(),
             next_hop: self.next_hop(&next_host),
+            ..Recipient::default()
         })
     }
 

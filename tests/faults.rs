@@ -558,7 +558,10 @@ fn a_file_size_limit_gives_451_and_the_relay_stays_up() {
     }
     let mut child = command.spawn().unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(wait_listening(addr, Duration::from_secs(20)), "mailhop did not start");
+    assert!(
+        wait_listening(addr, Duration::from_secs(20)),
+        "mailhop did not start"
+    );
     let mut c = Client::connect(addr);
     expect(&c.reply(), "220");
     expect(&c.cmd("EHLO big.test"), "250");
@@ -571,7 +574,10 @@ fn a_file_size_limit_gives_451_and_the_relay_stays_up() {
     }
     let reply = c.cmd(".");
     expect(&reply, "451 4.3.0");
-    assert!(child.try_wait().unwrap().is_none(), "mailhop died of SIGXFSZ");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "mailhop died of SIGXFSZ"
+    );
     // Still serving, in the same session and a new one.
     expect(&c.cmd("NOOP"), "250");
     let mut d = Client::connect(addr);

@@ -839,3 +839,139 @@ fn to_a_next_hop_that_offers_chunking_the_message_goes_as_bdat_unless_turned_off
         }
     }
 }
+
+/// RFC 3461 from outside: NOTIFY decides which reports are made, RET what
+/// they carry, ENVID and ORCPT come back in them, and a next hop that
+/// offers DSN gets the parameters (and the job of reporting success).
+#[test]
+fn dsn_parameters_decide_the_reports_and_go_on_to_a_next_hop_that_offers_dsn() {
+    let sink = Sink::start_dsn(Arc::new(|stage, arg, _| {
+        (stage == Stage::Rcpt && arg.starts_with("<bad")).then(|| "550 5.1.1 no such user".into())
+    }));
+    let dir = tempdir();
+    let alpha = start_in(
+        dir.path(),
+        &format!(
+            "local_domains = [\"alpha.test\"]\nlocal_users = [\"jones\"]\nmaildir = \"mail\"\n{}",
+            relay_config(&sink.addr, "")
+        ),
+    );
+    let mut c = alpha.connect();
+    expect(&c.reply(), "220");
+    assert!(c.cmd("EHLO client.test").contains("DSN"));
+    let body = "Subject: dsn test\r\n\r\nthe body line\r\n.\r\n";
+    let transactions: [(&str, &[&str]); 3] = [
+        (
+            "MAIL FROM:<s@sender.test> RET=HDRS ENVID=env+2B1",
+            &[
+                "RCPT TO:<bad1@example.org> NOTIFY=NEVER",
+                "RCPT TO:<bad2@example.org> NOTIFY=FAILURE ORCPT=rfc822;orig+2Bx@example.org",
+            ],
+        ),
+        (
+            "MAIL FROM:<s@sender.test> RET=FULL",
+            &["RCPT TO:<bad3@example.org>"],
+        ),
+        (
+            "MAIL FROM:<s@sender.test> ENVID=e3",
+            &[
+                "RCPT TO:<jones@alpha.test> NOTIFY=SUCCESS",
+                "RCPT TO:<u@example.org> NOTIFY=SUCCESS,FAILURE",
+            ],
+        ),
+    ];
+    for (mail, rcpts) in transactions {
+        expect(&c.cmd(mail), "250");
+        for rcpt in rcpts {
+            expect(&c.cmd(rcpt), "250");
+        }
+        expect(&c.cmd("DATA"), "354");
+        c.send(body.as_bytes());
+        expect(&c.reply(), "250");
+    }
+    for (bad, params) in [
+        ("MAIL FROM:<s@sender.test> RET=ALL", "501 5.5.4"),
+        ("MAIL FROM:<s@sender.test> ENVID=a ENVID=b", "501 5.5.4"),
+    ] {
+        expect(&c.cmd(bad), params);
+    }
+    expect(&c.cmd("MAIL FROM:<s@sender.test>"), "250");
+    expect(
+        &c.cmd("RCPT TO:<u@example.org> NOTIFY=NEVER,SUCCESS"),
+        "501 5.5.4",
+    );
+    expect(
+        &c.cmd("RCPT TO:<u@example.org> ORCPT=nosemicolon"),
+        "501 5.5.4",
+    );
+    c.cmd("QUIT");
+
+    // At the sink: u@example.org with its parameters passed on, and three
+    // reports from <>: bad2 only (bad1 said NEVER), bad3, and jones's
+    // success; none for u (the next hop reports).
+    let got = sink.wait_for(4, WAIT);
+    std::thread::sleep(Duration::from_millis(500));
+    let got = sink.wait_for(4, WAIT);
+    assert_eq!(got.len(), 4, "{got:?}\n{}", alpha.log());
+    let relayed: Vec<_> = got
+        .iter()
+        .filter(|t| t.mail_from.starts_with("<s@"))
+        .collect();
+    assert_eq!(relayed.len(), 1);
+    assert!(
+        relayed[0].mail_from.contains("ENVID=e3"),
+        "{}",
+        relayed[0].mail_from
+    );
+    assert_eq!(
+        relayed[0].rcpt_to,
+        ["<u@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;u@example.org"]
+    );
+    let reports: Vec<_> = got
+        .iter()
+        .filter(|t| t.mail_from.starts_with("<>"))
+        .collect();
+    assert_eq!(reports.len(), 3);
+    if !have("python3") {
+        return skip("dsn (report parsing)", "python3 is not installed");
+    }
+    let script = r##"
+import email, sys
+msg = email.message_from_bytes(sys.stdin.buffer.read())
+parts = [p.get_content_type() for p in msg.get_payload()]
+status = [p for p in msg.walk() if p.get_content_type() == "message/delivery-status"][0]
+blocks = status.get_payload()
+fields = lambda b: {k: v for k, v in b.items()}
+env = fields(blocks[0]).get("Original-Envelope-Id", "-")
+rcpts = ";".join(f"{fields(b).get('Final-Recipient')}|{fields(b).get('Action')}|{fields(b).get('Original-Recipient', '-')}" for b in blocks[1:])
+full = [p for p in msg.walk() if p.get_content_type() == "message/rfc822"]
+body = "full:" + str(bool(full) and "the body line" in full[0].as_string())
+print(msg["Subject"], "#", env, "#", rcpts, "#", ",".join(parts), "#", body)
+"##;
+    let mut seen = Vec::new();
+    for report in reports {
+        let out = std::process::Command::new("python3")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write as _;
+                child.stdin.take().unwrap().write_all(&report.data)?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        seen.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "Successful Mail Delivery Report # e3 # rfc822; jones@alpha.test|delivered|- # text/plain,message/delivery-status,text/rfc822-headers # full:False",
+            "Undelivered Mail Returned to Sender # - # rfc822; bad3@example.org|failed|- # text/plain,message/delivery-status,message/rfc822 # full:True",
+            "Undelivered Mail Returned to Sender # env+1 # rfc822; bad2@example.org|failed|rfc822;orig+x@example.org # text/plain,message/delivery-status,text/rfc822-headers # full:False",
+        ],
+        "{}",
+        alpha.log()
+    );
+}

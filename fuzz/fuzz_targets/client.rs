@@ -37,6 +37,7 @@ fuzz_target!(|input: &[u8]| {
         body: b"Subject: x\r\n\r\n.dot\r\nbare\nlf\r".to_vec().into(),
         eight_bit: shape & 1 == 1,
         smtputf8: false,
+        dsn: Default::default(),
     };
     for piece in input.chunks(chunk) {
         held.extend_from_slice(piece);

@@ -13,6 +13,7 @@ fuzz_target!(|line: &[u8]| {
         }) => assert!(!p.to_string().contains(['\r', '\n'])),
         Ok(Command::Rcpt {
             path: ForwardPath::Path(p),
+            ..
         }) => assert!(!p.to_string().contains(['\r', '\n'])),
         _ => {}
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use crate::bounce::{Action, ReportedRecipient};
 use crate::config::Retry;
 use crate::queue::{Attempt, Lease, Outcome, RecipientState, StoredMessage};
+use crate::smtp::dsn::Notify;
 use crate::smtp::reply::{Class, Reply};
 
 /// The wait after the `attempts`-th failed attempt: the schedule's slot,
@@ -52,12 +53,18 @@ pub struct Settled {
     pub outcomes: Vec<Outcome>,
     pub failed: Vec<ReportedRecipient>,
     pub delayed: Vec<ReportedRecipient>,
+    /// Delivered or relayed, and the sender asked to hear so (RFC 3461).
+    pub succeeded: Vec<ReportedRecipient>,
 }
 
 /// Turns one reply per leased recipient into outcomes. `attempt` is `None`
 /// for decisions taken without trying (a failing host held back); those
-/// do not count as attempts. `remote` names the host that answered;
-/// `retry_at` overrides the schedule (the held-back host's retry time).
+/// do not count as attempts. `remote` names the host that answered
+/// (`local` for Maildir); `retry_at` overrides the schedule (the held-back
+/// host's retry time). `dsn_passed`: the next hop took the DSN parameters,
+/// so it reports success, not we. Who hears of what follows `NOTIFY`
+/// (RFC 3461 4.1): failures and delays unless the sender said otherwise,
+/// successes only when asked.
 #[allow(clippy::too_many_arguments)]
 pub fn settle(
     lease: &Lease,
@@ -68,6 +75,7 @@ pub fn settle(
     retry_at: Option<SystemTime>,
     now: SystemTime,
     retry: &Retry,
+    dsn_passed: bool,
 ) -> Settled {
     let mut settled = Settled::default();
     for (recipient, reply) in lease.recipients.iter().zip(replies) {
@@ -87,17 +95,27 @@ pub fn settle(
             remote_mta: remote.map(str::to_string),
             diagnostic: Some(reply.to_string()),
             last_attempt: attempt.map(|a| a.finished_at),
+            original_recipient: recipient.orcpt.clone(),
         };
+        let notify = recipient.notify.unwrap_or(Notify::DEFAULT);
         match &state {
-            RecipientState::Bounced => settled.failed.push(report(Action::Failed, reply.status())),
+            RecipientState::Bounced if notify.failure => {
+                settled.failed.push(report(Action::Failed, reply.status()))
+            }
             // RFC 3463 4.4.7: delivery time expired.
-            RecipientState::Expired => settled
+            RecipientState::Expired if notify.failure => settled
                 .failed
                 .push(report(Action::Failed, "4.4.7".to_string())),
-            RecipientState::Deferred { .. } => settled
+            RecipientState::Deferred { .. } if notify.delay => settled
                 .delayed
                 .push(report(Action::Delayed, reply.status())),
-            RecipientState::Delivered | RecipientState::Deleted => {}
+            RecipientState::Delivered if notify.success && remote == Some("local") => settled
+                .succeeded
+                .push(report(Action::Delivered, reply.status())),
+            RecipientState::Delivered if notify.success && !dsn_passed => settled
+                .succeeded
+                .push(report(Action::Relayed, reply.status())),
+            _ => {}
         }
         settled.outcomes.push(Outcome {
             row: recipient.row,
@@ -147,6 +165,8 @@ mod tests {
                     mailbox: format!("r{i}@example.org"),
                     forward_path: format!("r{i}@example.org"),
                     attempts: 0,
+                    notify: None,
+                    orcpt: None,
                 })
                 .collect(),
         };
@@ -160,6 +180,8 @@ mod tests {
             warned: false,
             size: 0,
             chunks: 0,
+            ret: None,
+            envid: None,
         };
         let replies = [
             Reply::local(250, "2.0.0", "ok"),
@@ -181,6 +203,7 @@ mod tests {
             None,
             now,
             &retry(),
+            false,
         );
         let states: Vec<_> = settled.outcomes.iter().map(|o| o.state.clone()).collect();
         assert_eq!(
@@ -207,6 +230,7 @@ mod tests {
             None,
             late,
             &retry(),
+            false,
         );
         assert_eq!(settled.outcomes[1].state, RecipientState::Expired);
         assert_eq!(
@@ -217,5 +241,86 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["4.4.7", "5.1.1"]
         );
+    }
+}
+
+#[cfg(test)]
+mod notify_tests {
+    use super::*;
+    use crate::queue::LeasedRecipient;
+    use crate::smtp::dsn::Notify;
+
+    /// One recipient with `notify`, settled with `reply` at a relay that
+    /// did (or did not) pass the DSN parameters on.
+    fn reported(notify: Option<&str>, reply: Reply, remote: &str, passed: bool) -> [usize; 3] {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let lease = Lease {
+            message_id: "M".into(),
+            next_hop: "h".into(),
+            recipients: vec![LeasedRecipient {
+                row: 1,
+                mailbox: "r@example.org".into(),
+                forward_path: "r@example.org".into(),
+                attempts: 0,
+                notify: notify.map(|n| Notify::parse(n.as_bytes()).unwrap()),
+                orcpt: None,
+            }],
+        };
+        let message = StoredMessage {
+            id: "M".into(),
+            sender: "s@example.com".into(),
+            reverse_path: "s@example.com".into(),
+            received_at: t0,
+            eight_bit: false,
+            smtputf8: false,
+            warned: false,
+            size: 0,
+            chunks: 0,
+            ret: None,
+            envid: None,
+        };
+        let retry = Retry {
+            schedule: vec![Duration::from_secs(60)],
+            max_lifetime: Duration::from_secs(3600),
+            delay_warning: Duration::from_secs(0),
+            history_retention: Duration::from_secs(86400),
+        };
+        let s = settle(
+            &lease,
+            &message,
+            &[reply],
+            None,
+            Some(remote),
+            None,
+            t0,
+            &retry,
+            passed,
+        );
+        [s.failed.len(), s.delayed.len(), s.succeeded.len()]
+    }
+
+    #[test]
+    fn notify_decides_what_the_sender_hears() {
+        let bounce = || Reply::local(550, "5.1.1", "no");
+        let later = || Reply::local(451, "4.4.1", "later");
+        let ok = || Reply::local(250, "2.0.0", "ok");
+        // Absent: failures and delays, not successes.
+        assert_eq!(reported(None, bounce(), "mx", false), [1, 0, 0]);
+        assert_eq!(reported(None, later(), "mx", false), [0, 1, 0]);
+        assert_eq!(reported(None, ok(), "mx", false), [0, 0, 0]);
+        // NEVER: nothing at all.
+        assert_eq!(reported(Some("NEVER"), bounce(), "mx", false), [0, 0, 0]);
+        assert_eq!(reported(Some("NEVER"), later(), "mx", false), [0, 0, 0]);
+        // Without DELAY: no delay warning.
+        assert_eq!(reported(Some("FAILURE"), later(), "mx", false), [0, 0, 0]);
+        assert_eq!(
+            reported(Some("SUCCESS,DELAY"), bounce(), "mx", false),
+            [0, 0, 0]
+        );
+        // SUCCESS: delivered here, or relayed to a hop without DSN; a hop
+        // that took the parameters reports by itself.
+        assert_eq!(reported(Some("SUCCESS"), ok(), "local", false), [0, 0, 1]);
+        assert_eq!(reported(Some("SUCCESS"), ok(), "mx", false), [0, 0, 1]);
+        assert_eq!(reported(Some("SUCCESS"), ok(), "mx", true), [0, 0, 0]);
     }
 }

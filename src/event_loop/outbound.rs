@@ -14,7 +14,7 @@ use mio::{Interest, Token};
 
 use super::{write_out, Readiness, Server, Transport, OUT_BASE};
 use crate::queue::{Lease, StoredMessage};
-use crate::smtp::client::{Body, Client, Event, TlsPolicy, Transaction, Wait};
+use crate::smtp::client::{Body, Client, Dsn, Event, TlsPolicy, Transaction, Wait};
 use crate::smtp::reply::Reply;
 
 /// How long a connection waits, idle, for another message to the same hop.
@@ -35,6 +35,8 @@ pub(super) struct Job {
     pub(super) body: Option<Rc<[u8]>>,
     /// Of a body read from the queue: the piece to send next.
     pub(super) next_piece: u32,
+    /// The next hop offered DSN and got the parameters: it reports.
+    pub(super) dsn_passed: bool,
     pub(super) started_at: SystemTime,
 }
 
@@ -711,6 +713,7 @@ fn send_job(
 ) {
     job.started_at = now;
     job.next_piece = 0;
+    job.dsn_passed = client.offers_dsn();
     client.send(transaction(job, hostname, honor_routes));
 }
 
@@ -750,5 +753,21 @@ fn transaction(job: &Job, hostname: &str, honor_routes: bool) -> Transaction {
         },
         eight_bit: message.eight_bit,
         smtputf8: message.smtputf8,
+        dsn: Dsn {
+            ret: message.ret,
+            envid: message.envid.clone(),
+            recipients: job
+                .lease
+                .recipients
+                .iter()
+                .map(|r| (r.notify, r.orcpt.clone()))
+                .collect(),
+            mailboxes: job
+                .lease
+                .recipients
+                .iter()
+                .map(|r| r.mailbox.clone())
+                .collect(),
+        },
     }
 }

@@ -155,6 +155,7 @@ impl Server {
             message: Rc::new(message),
             body: None,
             next_piece: 0,
+            dsn_passed: false,
             started_at: self.wall,
         })
     }
@@ -176,6 +177,8 @@ impl Server {
                 warned: false,
                 size: message.size,
                 chunks: message.chunks,
+                ret: message.ret,
+                envid: message.envid,
             });
             // A small body stays in memory for its hops; a bigger one is
             // read back piece by piece (of a streamed one, only its end
@@ -189,6 +192,7 @@ impl Server {
                     message: stored.clone(),
                     body: body.clone(),
                     next_piece: 0,
+                    dsn_passed: false,
                     started_at: self.wall,
                 };
                 if let Some(hop) = self.start_job(job) {
@@ -300,6 +304,7 @@ impl Server {
             retry_at,
             self.wall,
             &self.retry,
+            job.dsn_passed,
         );
         for outcome in &settled.outcomes {
             info!(
@@ -328,6 +333,9 @@ impl Server {
         }
         if !settled.failed.is_empty() {
             self.send_report(job, &settled.failed);
+        }
+        if !settled.succeeded.is_empty() {
+            self.send_report(job, &settled.succeeded);
         }
         let warning = self.retry.delay_warning;
         let late = self
@@ -379,18 +387,27 @@ impl Server {
                 }
             },
         };
+        let failure = recipients.iter().any(|r| r.action == Action::Failed);
         let original = Original {
             id: &message.id,
             sender: &message.sender,
             received_at: message.received_at,
             message: head,
+            // RET=FULL: the whole message, if it is one piece (64 KiB);
+            // a bigger one comes back as its headers.
+            full: failure
+                && message.ret == Some(crate::smtp::dsn::Ret::Full)
+                && head.len() as u64 == message.size,
+            envid: message.envid.as_deref(),
         };
         let body = bounce::report(&self.settings.hostname, &original, recipients, self.wall);
         let id = self.ids.next(self.wall);
-        let kind = if recipients.iter().any(|r| r.action == Action::Failed) {
+        let kind = if failure {
             "bounce"
-        } else {
+        } else if recipients.iter().any(|r| r.action == Action::Delayed) {
             "delay warning"
+        } else {
+            "success report"
         };
         info!(
             "{}: {kind} to <{}> queued as {id}",
@@ -406,6 +423,8 @@ impl Server {
             received_at: self.wall,
             eight_bit: !body.is_ascii(),
             smtputf8: false,
+            ret: None,
+            envid: None,
             chunks: 0,
             size: body.len() as u64,
             body,

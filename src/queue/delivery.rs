@@ -9,6 +9,8 @@ use std::time::SystemTime;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use crate::smtp::dsn::{Notify, Ret};
+
 use super::{
     iso8601, parse_time, sql, Batch, HoldBack, HostUpdate, Lease, LeasedRecipient, Outcome, Queue,
     QueueError, RecipientState, StoredMessage,
@@ -16,7 +18,7 @@ use super::{
 
 /// Due work, oldest first; served by the partial index `recipients_due`.
 pub(super) const LEASE_SQL: &str =
-    "SELECT id, message_id, next_hop, recipient, forward_path, attempts
+    "SELECT id, message_id, next_hop, recipient, forward_path, attempts, notify, orcpt
      FROM recipients
      WHERE status IN ('queued', 'deferred') AND next_attempt <= ?1
      ORDER BY next_attempt
@@ -237,6 +239,10 @@ impl Queue {
                             mailbox: r.get(3)?,
                             forward_path: r.get(4)?,
                             attempts: r.get(5)?,
+                            notify: r
+                                .get::<_, Option<String>>(6)?
+                                .and_then(|n| Notify::parse(n.as_bytes())),
+                            orcpt: r.get(7)?,
                         },
                     ))
                 })?
@@ -289,7 +295,7 @@ impl Queue {
             .conn
             .prepare_cached(
                 "SELECT id, sender, reverse_path, received_at, eight_bit, smtputf8,
-                        warned, size, chunks
+                        warned, size, chunks, ret, envid
                  FROM messages WHERE id = ?1",
             )
             .and_then(|mut stmt| {
@@ -305,6 +311,10 @@ impl Queue {
                             warned: r.get(6)?,
                             size: r.get(7)?,
                             chunks: r.get(8)?,
+                            ret: r
+                                .get::<_, Option<String>>(9)?
+                                .and_then(|v| Ret::parse(v.as_bytes())),
+                            envid: r.get(10)?,
                         },
                         r.get::<_, String>(3)?,
                     ))

@@ -49,6 +49,9 @@ pub struct MessageDetail {
     /// The header section of the stored body (without the blank line);
     /// `None` once the body was dropped because every recipient is final.
     pub header: Option<Vec<u8>>,
+    /// `RET=` and `ENVID=` as received (RFC 3461).
+    pub ret: Option<String>,
+    pub envid: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +66,9 @@ pub struct RecipientDetail {
     pub finished_at: Option<String>,
     /// Deleted by the operator while being delivered; final when it ends.
     pub delete_requested: bool,
+    /// `NOTIFY=` and `ORCPT=` as received (RFC 3461).
+    pub notify: Option<String>,
+    pub orcpt: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,7 +176,7 @@ impl Admin {
         let mut detail = tx
             .query_row(
                 "SELECT id, sender, reverse_path, client_ip, helo, received_at, size,
-                        eight_bit, smtputf8, warned,
+                        eight_bit, smtputf8, warned, ret, envid,
                         CASE WHEN length(first) = 0 THEN NULL
                              WHEN instr(first, x'0d0a0d0a') > 0
                                  THEN substr(first, 1, instr(first, x'0d0a0d0a') + 1)
@@ -198,7 +204,9 @@ impl Admin {
                         warned: r.get(9)?,
                         recipients: Vec::new(),
                         attempts: Vec::new(),
-                        header: r.get(10)?,
+                        header: r.get(12)?,
+                        ret: r.get(10)?,
+                        envid: r.get(11)?,
                     })
                 },
             )
@@ -208,7 +216,7 @@ impl Admin {
         detail.recipients = tx
             .prepare(
                 "SELECT recipient, forward_path, next_hop, status, attempts, next_attempt,
-                        last_reply, finished_at, delete_requested
+                        last_reply, finished_at, delete_requested, notify, orcpt
                  FROM recipients WHERE message_id = ?1 ORDER BY id",
             )
             .and_then(|mut stmt| stmt.query_map([id], recipient_detail)?.collect())
@@ -314,5 +322,7 @@ fn recipient_detail(r: &Row<'_>) -> rusqlite::Result<RecipientDetail> {
         last_reply: r.get(6)?,
         finished_at: r.get(7)?,
         delete_requested: r.get(8)?,
+        notify: r.get(9)?,
+        orcpt: r.get(10)?,
     })
 }

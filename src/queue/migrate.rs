@@ -20,6 +20,7 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         "0004_body_chunks.sql",
         include_str!("../../schema/0004_body_chunks.sql"),
     ),
+    ("0005_dsn.sql", include_str!("../../schema/0005_dsn.sql")),
 ];
 
 /// Applies the missing migrations in one transaction, so a crash leaves the

@@ -31,6 +31,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection};
 
 use crate::message::Message;
+use crate::smtp::dsn::{Notify, Ret};
 
 /// Why the queue could not do what was asked.
 #[derive(Debug)]
@@ -186,6 +187,9 @@ pub struct LeasedRecipient {
     pub forward_path: String,
     /// Attempts made before this one.
     pub attempts: u32,
+    /// `NOTIFY=` and `ORCPT=` as received (RFC 3461).
+    pub notify: Option<Notify>,
+    pub orcpt: Option<String>,
 }
 
 /// Due recipients of one message that share a next hop: one transaction.
@@ -212,6 +216,9 @@ pub struct StoredMessage {
     /// Pieces in `body_chunks` before the rest in the message row (see
     /// `Queue::read_piece`).
     pub chunks: u32,
+    /// `RET=` and `ENVID=` as received (RFC 3461).
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
 }
 
 /// Where a recipient stands after an attempt (or a decision without one).
@@ -362,8 +369,9 @@ fn insert(
     let received_at = iso8601(m.received_at);
     conn.prepare_cached(
         "INSERT INTO messages (id, sender, reverse_path, client_ip, helo,
-                               received_at, size, eight_bit, smtputf8, body, chunks)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                               received_at, size, eight_bit, smtputf8, body, chunks,
+                               ret, envid)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -378,6 +386,8 @@ fn insert(
             m.smtputf8,
             m.body,
             m.chunks,
+            m.ret.map(Ret::as_str),
+            m.envid,
         ])
     })
     .map_err(|e| QueueError(format!("queue: storing message {}: {e}", m.id)))?;
@@ -385,8 +395,8 @@ fn insert(
     let mut stmt = conn
         .prepare_cached(
             "INSERT INTO recipients (message_id, recipient, forward_path, next_hop,
-                                     status, attempts, next_attempt)
-             VALUES (?1, ?2, ?3, ?4, ?6, 0, ?5)",
+                                     status, attempts, next_attempt, notify, orcpt)
+             VALUES (?1, ?2, ?3, ?4, ?6, 0, ?5, ?7, ?8)",
         )
         .map_err(sql("prepare recipient insert"))?;
     let status = if leases.is_some() { "active" } else { "queued" };
@@ -399,7 +409,9 @@ fn insert(
             r.forward_path,
             r.next_hop,
             received_at,
-            status
+            status,
+            r.notify.map(Notify::to_param),
+            r.orcpt,
         ])
         .map_err(|e| {
             QueueError(format!(
@@ -413,6 +425,8 @@ fn insert(
                 mailbox: r.mailbox.clone(),
                 forward_path: r.forward_path.clone(),
                 attempts: 0,
+                notify: r.notify,
+                orcpt: r.orcpt.clone(),
             };
             match leases[first..]
                 .iter_mut()

@@ -30,6 +30,7 @@ pub(super) fn message(id: &str, sender: &str, rcpts: &[&str], body: &[u8]) -> Me
                 mailbox: r.to_string(),
                 forward_path: r.to_string(),
                 next_hop: r.split('@').nth(1).unwrap().to_string(),
+                ..Recipient::default()
             })
             .collect(),
         client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
@@ -37,6 +38,8 @@ pub(super) fn message(id: &str, sender: &str, rcpts: &[&str], body: &[u8]) -> Me
         received_at: UNIX_EPOCH + Duration::from_secs(T0),
         eight_bit: false,
         smtputf8: false,
+        ret: None,
+        envid: None,
         body: body.to_vec(),
         chunks: 0,
         size: body.len() as u64,
@@ -171,7 +174,11 @@ fn views_have_the_spec_columns() {
             "next_attempt",
             "last_reply",
             "size",
-            "received_at"
+            "received_at",
+            "notify",
+            "orcpt",
+            "envid",
+            "ret"
         ]
     );
     assert_eq!(

@@ -25,6 +25,7 @@ use std::rc::Rc;
 
 use memchr::{memchr, memchr2};
 
+use super::dsn::{self, Notify, Ret};
 use super::reply::{self, Class, Reply, ReplyError};
 
 /// Below this much pending output the body is stuffed into it again ...
@@ -43,6 +44,21 @@ pub struct Transaction {
     pub body: Body,
     pub eight_bit: bool,
     pub smtputf8: bool,
+    /// RFC 3461 parameters, passed on to a next hop that offers DSN.
+    pub dsn: Dsn,
+}
+
+/// DSN parameters of one transaction (RFC 3461), as received.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dsn {
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+    /// Per recipient, in the order of `Transaction::recipients`: `NOTIFY`,
+    /// and `ORCPT` as `addr-type;address` (`None`: the mailbox, which is
+    /// what is sent then, as Postfix does). Missing entries mean neither.
+    pub recipients: Vec<(Option<Notify>, Option<String>)>,
+    /// The recipients' mailboxes, for the ORCPT of those without one.
+    pub mailboxes: Vec<String>,
 }
 
 /// Where the body comes from.
@@ -140,6 +156,7 @@ struct Extensions {
     smtputf8: bool,
     starttls: bool,
     chunking: bool,
+    dsn: bool,
 }
 
 impl Extensions {
@@ -165,6 +182,8 @@ impl Extensions {
                 ext.starttls = true;
             } else if is("CHUNKING") {
                 ext.chunking = true;
+            } else if is("DSN") {
+                ext.dsn = true;
             }
         }
         ext
@@ -186,6 +205,8 @@ enum Expect {
 #[derive(Debug)]
 struct Txn {
     recipients: Vec<String>,
+    /// What follows each `RCPT TO:<...>`: the DSN parameters, if passed on.
+    rcpt_params: Vec<String>,
     body: Body,
     /// The reply that decided each recipient, once one has. After all RCPT
     /// replies are in, `None` means accepted.
@@ -433,6 +454,12 @@ impl Client {
         }
     }
 
+    /// The next hop offered DSN (RFC 3461): the parameters go on to it,
+    /// and success is its to report.
+    pub fn offers_dsn(&self) -> bool {
+        self.ext.dsn
+    }
+
     /// Whether to send with BDAT to next hops that offer CHUNKING (and
     /// PIPELINING: chunks go out without waiting for each reply); else DATA.
     pub fn set_chunking(&mut self, on: bool) {
@@ -542,10 +569,36 @@ impl Client {
         if t.smtputf8 {
             self.out.extend_from_slice(b" SMTPUTF8");
         }
+        let mut rcpt_params = Vec::new();
+        if ext.dsn {
+            if let Some(ret) = t.dsn.ret {
+                let _ = write!(self.out, " RET={}", ret.as_str());
+            }
+            if let Some(envid) = &t.dsn.envid {
+                let _ = write!(self.out, " ENVID={}", dsn::xtext_encode(envid));
+            }
+            for i in 0..n {
+                let (notify, orcpt) = t.dsn.recipients.get(i).cloned().unwrap_or_default();
+                let mut params = String::new();
+                if let Some(notify) = notify {
+                    let _ = std::fmt::Write::write_fmt(
+                        &mut params,
+                        format_args!(" NOTIFY={}", notify.to_param()),
+                    );
+                }
+                let orcpt = orcpt.or_else(|| t.dsn.mailboxes.get(i).map(|m| format!("rfc822;{m}")));
+                if let Some(orcpt) = orcpt {
+                    params.push_str(" ORCPT=");
+                    params.push_str(&dsn::orcpt_param(&orcpt));
+                }
+                rcpt_params.push(params);
+            }
+        }
         self.out.extend_from_slice(b"\r\n");
         let mut txn = Box::new(Txn {
             replies: vec![None; n],
             recipients: t.recipients,
+            rcpt_params,
             body: t.body,
             accepted: 0,
             mail_refused: false,
@@ -657,7 +710,8 @@ impl Client {
     }
 
     fn rcpt(&mut self, txn: &mut Txn, i: usize) {
-        let _ = write!(self.out, "RCPT TO:<{}>\r\n", txn.recipients[i]);
+        let params = txn.rcpt_params.get(i).map_or("", String::as_str);
+        let _ = write!(self.out, "RCPT TO:<{}>{params}\r\n", txn.recipients[i]);
         txn.pending.push_back(Expect::Rcpt(i));
     }
 
@@ -1131,6 +1185,7 @@ mod proptests {
                 body: body.concat().into(),
                 eight_bit,
                 smtputf8,
+                dsn: Dsn::default(),
             })
     }
 

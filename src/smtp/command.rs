@@ -1,6 +1,7 @@
 //! One command line (CRLF already removed) -> [`Command`].
 
 use super::address::{parse_forward_path, parse_reverse_path, ForwardPath, ReversePath};
+use super::dsn::{self, Notify, Ret};
 
 /// `BODY=` of MAIL FROM (RFC 6152).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -17,7 +18,23 @@ pub struct MailParams {
     pub body: BodyType,
     /// `SMTPUTF8` (RFC 6531), no value.
     pub smtputf8: bool,
+    /// `RET=` (RFC 3461).
+    pub ret: Option<Ret>,
+    /// `ENVID=`, decoded from xtext.
+    pub envid: Option<String>,
 }
+
+/// RCPT parameters (RFC 3461).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RcptParams {
+    pub notify: Option<Notify>,
+    /// `ORCPT=`, decoded: `addr-type;address`.
+    pub orcpt: Option<String>,
+}
+
+/// ENVID is at most 100 characters (RFC 3461 4.4), ORCPT's address 500.
+const MAX_ENVID: usize = 100;
+const MAX_ORCPT: usize = 500;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -30,6 +47,7 @@ pub enum Command<'a> {
     },
     Rcpt {
         path: ForwardPath,
+        params: RcptParams,
     },
     Data,
     /// RFC 3030: `BDAT <size> [LAST]`; `size` octets of message follow
@@ -80,6 +98,10 @@ const BAD_SIZE: CommandError = CommandError::Syntax("Bad SIZE value");
 const BAD_BODY: CommandError = CommandError::Syntax("Bad BODY value");
 const BAD_SMTPUTF8: CommandError = CommandError::Syntax("SMTPUTF8 takes no value");
 const DUPLICATE: CommandError = CommandError::Syntax("Duplicate parameter");
+const BAD_RET: CommandError = CommandError::Syntax("Bad RET value");
+const BAD_ENVID: CommandError = CommandError::Syntax("Bad ENVID value");
+const BAD_NOTIFY: CommandError = CommandError::Syntax("Bad NOTIFY value");
+const BAD_ORCPT: CommandError = CommandError::Syntax("Bad ORCPT value");
 
 /// Parses one command line without its CRLF. Verbs and parameter keywords
 /// are case-insensitive. Non-UTF-8 bytes are a syntax error.
@@ -259,6 +281,20 @@ fn mail(args: &[u8]) -> Result<Command<'_>, CommandError> {
                 return Err(BAD_SMTPUTF8);
             }
             params.smtputf8 = true;
+        } else if keyword.eq_ignore_ascii_case(b"RET") {
+            if params.ret.is_some() {
+                return Err(DUPLICATE);
+            }
+            params.ret = Some(value.and_then(Ret::parse).ok_or(BAD_RET)?);
+        } else if keyword.eq_ignore_ascii_case(b"ENVID") {
+            if params.envid.is_some() {
+                return Err(DUPLICATE);
+            }
+            let envid = value.and_then(dsn::xtext_decode).ok_or(BAD_ENVID)?;
+            if envid.len() > MAX_ENVID {
+                return Err(BAD_ENVID);
+            }
+            params.envid = Some(envid);
         } else {
             return Err(unsupported(keyword));
         }
@@ -269,10 +305,27 @@ fn mail(args: &[u8]) -> Result<Command<'_>, CommandError> {
 fn rcpt(args: &[u8]) -> Result<Command<'_>, CommandError> {
     let rest = after_prefix(args, b"TO:").ok_or(RCPT_SYNTAX)?;
     let (path, rest) = parse_forward_path(rest).map_err(|e| CommandError::Syntax(e.0))?;
-    if let Some((keyword, _)) = params_of(rest)?.next() {
-        return Err(unsupported(keyword));
+    let mut params = RcptParams::default();
+    for (keyword, value) in params_of(rest)? {
+        if keyword.eq_ignore_ascii_case(b"NOTIFY") {
+            if params.notify.is_some() {
+                return Err(DUPLICATE);
+            }
+            params.notify = Some(value.and_then(Notify::parse).ok_or(BAD_NOTIFY)?);
+        } else if keyword.eq_ignore_ascii_case(b"ORCPT") {
+            if params.orcpt.is_some() {
+                return Err(DUPLICATE);
+            }
+            let orcpt = value.and_then(dsn::orcpt).ok_or(BAD_ORCPT)?;
+            if orcpt.len() > MAX_ORCPT {
+                return Err(BAD_ORCPT);
+            }
+            params.orcpt = Some(orcpt);
+        } else {
+            return Err(unsupported(keyword));
+        }
     }
-    Ok(Command::Rcpt { path })
+    Ok(Command::Rcpt { path, params })
 }
 
 /// RFC 1870 `1*20DIGIT`. A valid value beyond `u64` saturates: it is over
@@ -290,10 +343,10 @@ fn size_value(value: Option<&[u8]>) -> Result<u64, CommandError> {
 
 fn unsupported(keyword: &[u8]) -> CommandError {
     let known: [(&[u8], &'static str); 5] = [
-        (b"RET", "RET not supported"),
-        (b"ENVID", "ENVID not supported"),
-        (b"NOTIFY", "NOTIFY not supported"),
-        (b"ORCPT", "ORCPT not supported"),
+        (b"RET", "RET belongs to MAIL"),
+        (b"ENVID", "ENVID belongs to MAIL"),
+        (b"NOTIFY", "NOTIFY belongs to RCPT"),
+        (b"ORCPT", "ORCPT belongs to RCPT"),
         (b"AUTH", "AUTH not supported"),
     ];
     let text = known
@@ -383,6 +436,7 @@ mod tests {
                 size,
                 body,
                 smtputf8,
+                ..MailParams::default()
             },
         }
     }
@@ -396,6 +450,7 @@ mod tests {
         use BodyType::{EightBitMime, SevenBit};
         let rcpt_ab = Command::Rcpt {
             path: ForwardPath::Path(p("a", "b")),
+            params: RcptParams::default(),
         };
         #[rustfmt::skip]
         let cases: Vec<(&[u8], Result<Command, CommandError>)> = vec![
@@ -439,8 +494,13 @@ mod tests {
             (b"MAIL FROM:<a@b> BODY=9BIT", Err(BAD_BODY)),
             (b"MAIL FROM:<a@b> BODY", Err(BAD_BODY)),
             (b"MAIL FROM:<a@b> SMTPUTF8=yes", Err(BAD_SMTPUTF8)),
-            (b"MAIL FROM:<a@b> RET=FULL", Err(UnknownParameter("RET not supported"))),
-            (b"MAIL FROM:<a@b> ENVID=x", Err(UnknownParameter("ENVID not supported"))),
+            (b"MAIL FROM:<a@b> RET=FULL ENVID=x+2By", Ok(Command::Mail { path: mail_ab(), params: MailParams { ret: Some(Ret::Full), envid: Some("x+y".into()), ..MailParams::default() } })),
+            (b"MAIL FROM:<a@b> RET=hdrs", Ok(Command::Mail { path: mail_ab(), params: MailParams { ret: Some(Ret::Hdrs), ..MailParams::default() } })),
+            (b"MAIL FROM:<a@b> RET=ALL", Err(BAD_RET)),
+            (b"MAIL FROM:<a@b> RET=FULL RET=HDRS", Err(DUPLICATE)),
+            (b"MAIL FROM:<a@b> ENVID=a+zz", Err(BAD_ENVID)),
+            (b"MAIL FROM:<a@b> ENVID=x ENVID=y", Err(DUPLICATE)),
+            (b"MAIL FROM:<a@b> NOTIFY=NEVER", Err(UnknownParameter("NOTIFY belongs to RCPT"))),
             (b"MAIL FROM:<a@b> AUTH=<>", Err(UnknownParameter("AUTH not supported"))),
             (b"MAIL FROM:<a@b> X-FOO", Err(UnknownParameter("Unsupported parameter"))),
             // Parameters are judged in order, after the whole list's syntax.
@@ -464,10 +524,14 @@ mod tests {
             (b"MAILFROM:<a@b>", Err(Unknown)),
             (b"RCPT TO:<a@b>", Ok(rcpt_ab.clone())),
             (b"rcpt to: <a@b>  ", Ok(rcpt_ab.clone())),
-            (b"RCPT TO:<postmaster>", Ok(Command::Rcpt { path: ForwardPath::Postmaster })),
+            (b"RCPT TO:<postmaster>", Ok(Command::Rcpt { path: ForwardPath::Postmaster, params: RcptParams::default() })),
             (b"RCPT TO:<>", Err(Syntax("Null address not allowed here"))),
-            (b"RCPT TO:<a@b> NOTIFY=NEVER", Err(UnknownParameter("NOTIFY not supported"))),
-            (b"RCPT TO:<a@b> ORCPT=rfc822;a@b", Err(UnknownParameter("ORCPT not supported"))),
+            (b"RCPT TO:<a@b> NOTIFY=NEVER", Ok(Command::Rcpt { path: ForwardPath::Path(p("a", "b")), params: RcptParams { notify: Some(Notify::default()), orcpt: None } })),
+            (b"RCPT TO:<a@b> ORCPT=rfc822;a+2B1@b NOTIFY=SUCCESS,FAILURE", Ok(Command::Rcpt { path: ForwardPath::Path(p("a", "b")), params: RcptParams { notify: Some(Notify { success: true, failure: true, delay: false }), orcpt: Some("rfc822;a+1@b".into()) } })),
+            (b"RCPT TO:<a@b> NOTIFY=NEVER,DELAY", Err(BAD_NOTIFY)),
+            (b"RCPT TO:<a@b> NOTIFY=DELAY NOTIFY=DELAY", Err(DUPLICATE)),
+            (b"RCPT TO:<a@b> ORCPT=a@b", Err(BAD_ORCPT)),
+            (b"RCPT TO:<a@b> RET=FULL", Err(UnknownParameter("RET belongs to MAIL"))),
             (b"RCPT TO:<a@b> SIZE=1", Err(UnknownParameter("Unsupported parameter"))),
             (b"RCPT TO:<a@b> =x", Err(BAD_PARAM)),
             (b"RCPT FROM:<a@b>", Err(RCPT_SYNTAX)),
@@ -510,7 +574,6 @@ mod tests {
             (b"AUTH PLAIN =", Ok(Command::Auth { mechanism: "PLAIN", initial: Some("=") })),
             (b"AUTH", Err(Syntax("Syntax: AUTH mechanism [initial-response]"))),
             (b"AUTH PLAIN a b", Err(Syntax("Syntax: AUTH mechanism [initial-response]"))),
-            (b"BDAT 10 LAST", Err(Unknown)),
             (b"", Err(Unknown)),
             (b"   ", Err(Unknown)),
             (b" HELO x", Err(Unknown)),
@@ -543,6 +606,7 @@ mod tests {
     fn source_route_in_rcpt() {
         let Ok(Command::Rcpt {
             path: ForwardPath::Path(path),
+            ..
         }) = parse(b"RCPT TO:<@ONE,@TWO:user@THREE>")
         else {
             panic!()
@@ -620,7 +684,7 @@ mod proptests {
                 Ok(Command::Mail { path: ReversePath::Path(p), .. }) => {
                     prop_assert!(!p.to_string().contains(['\r', '\n']));
                 }
-                Ok(Command::Rcpt { path: ForwardPath::Path(p) }) => {
+                Ok(Command::Rcpt { path: ForwardPath::Path(p), .. }) => {
                     prop_assert!(!p.to_string().contains(['\r', '\n']));
                 }
                 Ok(Command::Helo(name) | Command::Ehlo(name)) => {

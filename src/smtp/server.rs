@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use memchr::memchr;
 
 use super::address::{ForwardPath, ReversePath};
-use super::command::{self, BodyType, Command, CommandError, MailParams};
+use super::command::{self, BodyType, Command, CommandError, MailParams, RcptParams};
 use super::data::{BareLineEnds, DataError, DataReader, ReceivedCounter};
 use crate::auth::{self, Failures, Users};
 use crate::config::Config;
@@ -53,6 +53,7 @@ impl Settings {
             "8BITMIME".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
             "CHUNKING".to_string(),
+            "DSN".to_string(),
         ] {
             let _ = write!(ehlo_extensions, "250-{ext}\r\n");
         }
@@ -457,7 +458,7 @@ impl Session {
                 }
             }
             Command::Mail { path, params } => self.mail(path, params, settings),
-            Command::Rcpt { path } => self.rcpt(path, settings),
+            Command::Rcpt { path, params } => self.rcpt(path, params, settings),
             Command::Data => self.data(env),
             Command::Bdat { size, last } => self.bdat(size, last, env),
             Command::Rset => {
@@ -598,7 +599,7 @@ impl Session {
         self.reply("250 2.1.0 Ok");
     }
 
-    fn rcpt(&mut self, path: ForwardPath, settings: &Settings) {
+    fn rcpt(&mut self, path: ForwardPath, params: RcptParams, settings: &Settings) {
         let txn = match &mut self.state {
             State::Fresh => return self.error("503 5.5.1 Error: send HELO/EHLO first"),
             State::Mail(txn) => txn,
@@ -618,8 +619,13 @@ impl Session {
             None => settings.policy.recipient(self.client, &path),
         };
         match decided {
-            Ok(recipient) => {
-                if !txn.recipients.contains(&recipient) {
+            Ok(mut recipient) => {
+                recipient.notify = params.notify;
+                recipient.orcpt = params.orcpt;
+                let known = txn.recipients.iter().any(|r| {
+                    r.forward_path == recipient.forward_path && r.next_hop == recipient.next_hop
+                });
+                if !known {
                     txn.recipients.push(recipient);
                 }
                 self.reply("250 2.1.5 Ok");
@@ -769,6 +775,8 @@ impl Session {
             received_at: env.now,
             eight_bit: txn.params.body == BodyType::EightBitMime,
             smtputf8: txn.params.smtputf8,
+            ret: txn.params.ret,
+            envid: txn.params.envid,
             body: txn.body,
             chunks: txn.chunks,
             size: txn.size,

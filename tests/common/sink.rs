@@ -57,15 +57,21 @@ impl Sink {
 
     /// A sink that also offers CHUNKING (RFC 3030) and takes BDAT.
     pub fn start_chunking() -> Sink {
-        Sink::bind("127.0.0.1:0", Arc::new(|_, _, _| None), true).expect("bind sink")
+        Sink::bind("127.0.0.1:0", Arc::new(|_, _, _| None), true, false).expect("bind sink")
+    }
+
+    /// A sink that also offers DSN (RFC 3461): its transactions keep the
+    /// parameters as sent, in `mail_from` and `rcpt_to`.
+    pub fn start_dsn(script: Script) -> Sink {
+        Sink::bind("127.0.0.1:0", script, false, true).expect("bind sink")
     }
 
     /// As `start_with`, for addresses that may be unavailable (port 25).
     pub fn try_start(addr: &str, script: Script) -> std::io::Result<Sink> {
-        Sink::bind(addr, script, false)
+        Sink::bind(addr, script, false, false)
     }
 
-    fn bind(addr: &str, script: Script, chunking: bool) -> std::io::Result<Sink> {
+    fn bind(addr: &str, script: Script, chunking: bool, dsn: bool) -> std::io::Result<Sink> {
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -79,7 +85,7 @@ impl Sink {
                     Ok((stream, _)) => {
                         let n = c.fetch_add(1, Ordering::SeqCst);
                         let (r, script) = (r.clone(), script.clone());
-                        std::thread::spawn(move || serve(stream, n, r, script, chunking));
+                        std::thread::spawn(move || serve(stream, n, r, script, chunking, dsn));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -122,6 +128,7 @@ fn serve(
     received: Arc<Mutex<Vec<Transaction>>>,
     script: Script,
     chunking: bool,
+    dsn: bool,
 ) {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -145,7 +152,8 @@ fn serve(
         let reply = if upper.starts_with("EHLO") {
             helo = text[4..].trim().to_string();
             let chunking = if chunking { "250-CHUNKING\r\n" } else { "" };
-            format!("250-sink.test\r\n250-PIPELINING\r\n{chunking}250-SIZE 100000000\r\n250-8BITMIME\r\n250 SMTPUTF8")
+            let dsn = if dsn { "250-DSN\r\n" } else { "" };
+            format!("250-sink.test\r\n250-PIPELINING\r\n{chunking}{dsn}250-SIZE 100000000\r\n250-8BITMIME\r\n250 SMTPUTF8")
         } else if upper.starts_with("HELO") {
             helo = text[4..].trim().to_string();
             "250 sink.test".to_string()

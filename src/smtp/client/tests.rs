@@ -190,6 +190,7 @@ fn txn(recipients: &[&str], body: &[u8]) -> Transaction {
         body: body.into(),
         eight_bit: false,
         smtputf8: false,
+        dsn: Dsn::default(),
     }
 }
 
@@ -265,6 +266,7 @@ fn extensions_from_ehlo() {
             smtputf8: true,
             starttls: true,
             chunking: false,
+            dsn: false,
         }
     );
     assert!(ext("250-mx\r\n250 chunking\r\n").chunking);
@@ -1400,6 +1402,7 @@ fn send_in_pieces(body: &[u8], piece: usize) -> Vec<u8> {
         },
         eight_bit: false,
         smtputf8: false,
+        dsn: Dsn::default(),
     });
     client.output().clear();
     assert!(!client.wants_body(), "no body before the 354");
@@ -1507,6 +1510,7 @@ fn bdat_to_a_chunking_server_without_stuffing_and_never_a_bare_line_end() {
             },
             eight_bit: false,
             smtputf8: false,
+            dsn: Dsn::default(),
         });
         assert_eq!(
             drain(&mut client),
@@ -1573,6 +1577,7 @@ fn a_refused_middle_chunk_fails_the_transaction_and_stops_the_chunks() {
         },
         eight_bit: false,
         smtputf8: false,
+        dsn: Dsn::default(),
     });
     drain(&mut client);
     client.receive(b"250 ok\r\n250 ok\r\n");

@@ -1,0 +1,23 @@
+-- 0005: Delivery Status Notification parameters (RFC 3461), as received:
+-- RET and ENVID on the message, NOTIFY and ORCPT on each recipient. NULL
+-- where the client gave none (then failures and delays are reported, and a
+-- failure report carries the whole message, as before).
+
+ALTER TABLE messages ADD COLUMN ret TEXT
+    CHECK (ret IS NULL OR ret = 'FULL' OR ret = 'HDRS');
+ALTER TABLE messages ADD COLUMN envid TEXT;        -- decoded from xtext
+
+-- 'NEVER', or a comma list of SUCCESS, FAILURE, DELAY in that order.
+ALTER TABLE recipients ADD COLUMN notify TEXT;
+-- 'addr-type;address', decoded from xtext ('rfc822;user@example.org').
+ALTER TABLE recipients ADD COLUMN orcpt TEXT;
+
+-- The public face gains the four, after the columns it had.
+DROP VIEW queue;
+CREATE VIEW queue AS
+SELECT m.id, m.sender, r.recipient, r.next_hop, r.status, r.attempts,
+       r.next_attempt, r.last_reply, m.size, m.received_at,
+       r.notify, r.orcpt, m.envid, m.ret
+FROM recipients AS r
+JOIN messages AS m ON m.id = r.message_id
+WHERE (r.status = 'queued' OR r.status = 'deferred' OR r.status = 'active' OR r.status = 'held');
