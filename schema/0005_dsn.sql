@@ -12,12 +12,11 @@ ALTER TABLE recipients ADD COLUMN notify TEXT;
 -- 'addr-type;address', decoded from xtext ('rfc822;user@example.org').
 ALTER TABLE recipients ADD COLUMN orcpt TEXT;
 
--- The public face gains the four, after the columns it had.
-DROP VIEW queue;
-CREATE VIEW queue AS
-SELECT m.id, m.sender, r.recipient, r.next_hop, r.status, r.attempts,
-       r.next_attempt, r.last_reply, m.size, m.received_at,
-       r.notify, r.orcpt, m.envid, m.ret
+-- The views of 0001 keep their columns (a stable interface, SPEC 4); the
+-- parameters have a view of their own, one row per pending recipient like
+-- `queue`, to join on (id, recipient).
+CREATE VIEW dsn AS
+SELECT m.id, r.recipient, r.notify, r.orcpt, m.envid, m.ret
 FROM recipients AS r
 JOIN messages AS m ON m.id = r.message_id
 WHERE (r.status = 'queued' OR r.status = 'deferred' OR r.status = 'active' OR r.status = 'held');

@@ -271,7 +271,9 @@ fn postfix_relays_into_mailhop_which_delivers_to_maildir() {
 #[test]
 fn mailhop_relays_into_postfix_which_relays_on() {
     const TEST: &str = "mailhop_relays_into_postfix_which_relays_on";
-    let sink = Sink::start();
+    // The sink behind Postfix offers DSN, so Postfix passes the parameters
+    // on: what mailhop gave Postfix shows at the sink.
+    let sink = Sink::start_dsn(std::sync::Arc::new(|_, _, _| None));
     let postfix = match Postfix::start(&format!("relayhost = [127.0.0.1]:{}", sink.addr.port())) {
         Ok(p) => p,
         Err(why) => return skip(TEST, &why),
@@ -287,11 +289,24 @@ fn mailhop_relays_into_postfix_which_relays_on() {
     let data = "From: s@sender.test\r\nTo: u@example.org\r\nSubject: into Postfix\r\n\
                 Message-ID: <peers-2@sender.test>\r\nDate: Fri, 28 Nov 2025 12:00:00 +0000\r\n\r\n\
                 token-91c4 through mailhop\r\n.leading dot\r\n..two dots\r\n";
+    // Postfix's smtpd offers CHUNKING and DSN: mailhop sends BDAT chunks
+    // and passes RET, ENVID, NOTIFY and ORCPT on.
+    let mut p = Client::connect(postfix.addr);
+    expect(&p.reply(), "220");
+    let ehlo = p.cmd("EHLO probe.test");
+    assert!(ehlo.contains("CHUNKING") && ehlo.contains("DSN"), "{ehlo}");
+    p.cmd("QUIT");
     let mut c = mailhop.connect();
     expect(&c.reply(), "220");
     expect(&c.cmd("EHLO client.test"), "250");
-    expect(&c.cmd("MAIL FROM:<s@sender.test>"), "250");
-    expect(&c.cmd("RCPT TO:<u@example.org>"), "250");
+    expect(
+        &c.cmd("MAIL FROM:<s@sender.test> RET=HDRS ENVID=peers+2B2"),
+        "250",
+    );
+    expect(
+        &c.cmd("RCPT TO:<u@example.org> NOTIFY=FAILURE,DELAY ORCPT=rfc822;orig@example.org"),
+        "250",
+    );
     expect(&c.cmd("DATA"), "354");
     c.send(data.replace("\n.", "\n..").as_bytes());
     c.send(b".\r\n");
@@ -309,7 +324,17 @@ fn mailhop_relays_into_postfix_which_relays_on() {
     let t = &got[0];
     assert_eq!(t.helo, POSTFIX_HOSTNAME);
     assert_eq!(t.mail_from.split(' ').next(), Some("<s@sender.test>"));
-    assert_eq!(t.rcpt_to, ["<u@example.org>"]);
+    assert!(
+        t.mail_from.contains(" RET=HDRS") && t.mail_from.contains(" ENVID=peers+2B2"),
+        "{}",
+        t.mail_from
+    );
+    let [rcpt] = t.rcpt_to.as_slice() else {
+        panic!("{:?}", t.rcpt_to)
+    };
+    assert!(rcpt.starts_with("<u@example.org> "), "{rcpt}");
+    assert!(rcpt.contains(" NOTIFY=FAILURE,DELAY"), "{rcpt}");
+    assert!(rcpt.contains(" ORCPT=rfc822;orig@example.org"), "{rcpt}");
     let text = String::from_utf8(t.data.clone()).unwrap();
     let received = headers(&text, "Received");
     assert_eq!(received.len(), 2, "one per MTA: {received:#?}");

@@ -174,12 +174,12 @@ fn views_have_the_spec_columns() {
             "next_attempt",
             "last_reply",
             "size",
-            "received_at",
-            "notify",
-            "orcpt",
-            "envid",
-            "ret"
+            "received_at"
         ]
+    );
+    assert_eq!(
+        columns(&c, "dsn"),
+        ["id", "recipient", "notify", "orcpt", "envid", "ret"]
     );
     assert_eq!(
         columns(&c, "deliveries"),
@@ -391,4 +391,57 @@ fn bad_time_shape_is_rejected() {
     assert!(c
         .execute("UPDATE recipients SET next_attempt = datetime('now')", [])
         .is_err());
+}
+
+#[test]
+fn dsn_parameters_are_stored_and_shown_in_the_dsn_view() {
+    use crate::smtp::dsn::{Notify, Ret};
+    let (_dir, path) = temp();
+    let mut q = Queue::open(&path).unwrap();
+    let mut m = message(
+        "DSN1",
+        "a@b.example",
+        &["c@d.example", "e@f.example"],
+        b"x\r\n",
+    );
+    m.ret = Some(Ret::Hdrs);
+    m.envid = Some("env 1".into());
+    m.recipients[0].notify = Notify::parse(b"SUCCESS,DELAY");
+    m.recipients[0].orcpt = Some("rfc822;orig@d.example".into());
+    q.commit(&[&m]).unwrap();
+    let c = other(&path);
+    let rows: Vec<String> = c
+        .prepare("SELECT recipient, notify, orcpt, envid, ret FROM dsn ORDER BY recipient")
+        .unwrap()
+        .query_map([], |r| {
+            Ok(format!(
+                "{}|{:?}|{:?}|{:?}|{:?}",
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rows,
+        [
+            "c@d.example|Some(\"SUCCESS,DELAY\")|Some(\"rfc822;orig@d.example\")|Some(\"env 1\")|Some(\"HDRS\")",
+            "e@f.example|None|None|Some(\"env 1\")|Some(\"HDRS\")",
+        ]
+    );
+    // And back out with the lease, as delivery sees them.
+    let leases = q.lease_due(SystemTime::now(), 10).unwrap();
+    let leased: Vec<_> = leases.iter().flat_map(|l| &l.recipients).collect();
+    let first = leased.iter().find(|r| r.mailbox == "c@d.example").unwrap();
+    assert_eq!(first.notify, Notify::parse(b"SUCCESS,DELAY"));
+    assert_eq!(first.orcpt.as_deref(), Some("rfc822;orig@d.example"));
+    let stored = q.message("DSN1").unwrap();
+    assert_eq!(
+        (stored.ret, stored.envid.as_deref()),
+        (Some(Ret::Hdrs), Some("env 1"))
+    );
 }

@@ -79,7 +79,7 @@ fn views_have_the_spec_columns() {
             "queued"
         ]
     );
-    assert_eq!(columns(&c, "queue").len(), 14);
+    assert_eq!(columns(&c, "queue").len(), 10);
     assert_eq!(columns(&c, "deliveries").len(), 8);
 }
 
