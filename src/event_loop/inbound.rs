@@ -25,6 +25,11 @@ use crate::smtp::server::{Env, Session};
 const MAX_PENDING_INPUT: usize = 64 * 1024;
 /// Bytes read from one session per loop turn before others get a go.
 const READ_BUDGET: usize = 256 * 1024;
+/// Bytes read from all sessions in one loop turn: a thousand clients
+/// sending big messages at once would otherwise make a turn of hundreds of
+/// megabytes (seconds), and timers, commits and outbound sessions wait for
+/// the end of a turn. Sessions left over go first in the next turn.
+pub(super) const TURN_READ_BUDGET: usize = 4 * 1024 * 1024;
 /// Buffers grown by a burst are given back once empty.
 const KEEP_CAPACITY: usize = 16 * 1024;
 
@@ -152,7 +157,8 @@ impl Server {
             ids: &mut self.ids,
             auth_failures: &mut self.auth_failures,
         };
-        let mut budget = READ_BUDGET;
+        let mut budget = READ_BUDGET.min(self.turn_read_left);
+        let budget_at_start = budget;
         let mut failed = false;
         loop {
             if !conn.inbuf.is_empty() && conn.session.wants_input() {
@@ -238,6 +244,7 @@ impl Server {
                 }
             }
         }
+        self.turn_read_left -= budget_at_start - budget;
         if conn.inbuf.is_empty() && conn.inbuf.capacity() > KEEP_CAPACITY {
             conn.inbuf = Vec::new();
         }
@@ -261,6 +268,7 @@ impl Server {
 
     fn close(&mut self, key: usize) {
         let conn = self.conns.remove(key);
+        self.trim_due = true;
         if let Some(id) = conn.session.unfinished_pieces() {
             debug!("{id}: session ended inside the data; its pieces are discarded");
             self.queue.discard_body(id);

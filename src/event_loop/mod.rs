@@ -101,6 +101,18 @@ pub fn ignore_file_size_signal() {
     }
 }
 
+/// After a load, the buffers of the sessions it brought are free but the
+/// allocator keeps the pages; when the loop first finds nothing to do, they
+/// go back to the system, so RSS returns to its idle level. (glibc only;
+/// `malloc_trim` walks the free lists, a few ms at most, and only then.)
+fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Lets a signal handler (another thread) ask the loop to stop.
 #[derive(Clone)]
 pub struct ShutdownHandle {
@@ -160,6 +172,10 @@ pub struct Server {
     runnable: Vec<usize>,
     /// Handshake steps this turn may still do (`HANDSHAKES_PER_TURN`).
     handshakes_left: usize,
+    /// Bytes this turn may still read from all sessions (`TURN_READ_BUDGET`).
+    turn_read_left: usize,
+    /// Sessions closed since memory was last given back (`give_back_memory`).
+    trim_due: bool,
     /// Sessions whose handshake step waits for the next turn, oldest first.
     handshakes_waiting: std::collections::VecDeque<usize>,
     /// The latest commit of the messages in `to_commit` (`keep_gathering`).
@@ -269,6 +285,8 @@ impl Server {
             to_commit: Vec::new(),
             runnable: Vec::new(),
             handshakes_left: HANDSHAKES_PER_TURN,
+            turn_read_left: inbound::TURN_READ_BUDGET,
+            trim_due: false,
             handshakes_waiting: std::collections::VecDeque::new(),
             gather_until: None,
             clients_waiting: false,
@@ -354,6 +372,14 @@ impl Server {
             }
             self.now = Instant::now();
             self.wall = SystemTime::now();
+            // Idle: the poll waited and nothing came.
+            let idle = events.is_empty() && timeout != Some(Duration::ZERO);
+            if idle && std::mem::take(&mut self.trim_due) {
+                give_back_memory();
+            }
+            self.turn_read_left = inbound::TURN_READ_BUDGET;
+            // Sessions the last turn's read budget left waiting go first.
+            self.run_runnable();
             self.resume_handshakes();
             let mut inbound_events = false;
             for event in events.iter() {
@@ -372,7 +398,6 @@ impl Server {
                     }
                 }
             }
-            self.run_runnable();
             self.fire_deadlines();
             self.fire_out_deadlines();
             self.dns_flush();

@@ -714,13 +714,13 @@ fn send_job(
     job.started_at = now;
     job.next_piece = 0;
     job.dsn_passed = client.offers_dsn();
-    client.send(transaction(job, hostname, honor_routes));
+    client.send(transaction(job, hostname, honor_routes, job.dsn_passed));
 }
 
 /// The transaction for a job. With honoured source routes, a relay puts
 /// itself at the front of the reverse-path when it forwards along a route
 /// (RFC 821 3.1 / SPEC section 6).
-fn transaction(job: &Job, hostname: &str, honor_routes: bool) -> Transaction {
+fn transaction(job: &Job, hostname: &str, honor_routes: bool, dsn: bool) -> Transaction {
     let message = &job.message;
     let routed = job
         .lease
@@ -753,21 +753,26 @@ fn transaction(job: &Job, hostname: &str, honor_routes: bool) -> Transaction {
         },
         eight_bit: message.eight_bit,
         smtputf8: message.smtputf8,
-        dsn: Dsn {
-            ret: message.ret,
-            envid: message.envid.clone(),
-            recipients: job
-                .lease
-                .recipients
-                .iter()
-                .map(|r| (r.notify, r.orcpt.clone()))
-                .collect(),
-            mailboxes: job
-                .lease
-                .recipients
-                .iter()
-                .map(|r| r.mailbox.clone())
-                .collect(),
+        // Only for a next hop that takes them: no copies per message else.
+        dsn: if dsn {
+            Dsn {
+                ret: message.ret,
+                envid: message.envid.clone(),
+                recipients: job
+                    .lease
+                    .recipients
+                    .iter()
+                    .map(|r| (r.notify, r.orcpt.clone()))
+                    .collect(),
+                mailboxes: job
+                    .lease
+                    .recipients
+                    .iter()
+                    .map(|r| r.mailbox.clone())
+                    .collect(),
+            }
+        } else {
+            Dsn::default()
         },
     }
 }

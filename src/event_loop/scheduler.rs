@@ -140,8 +140,11 @@ impl Server {
     /// One lease: delivered here, queued for a connection (its hop is
     /// returned), or decided at once.
     fn start(&mut self, lease: Lease) -> Option<String> {
-        let message = match self.queue.message(&lease.message_id) {
-            Ok(message) => message,
+        let (message, body) = match self
+            .queue
+            .message_and_body(&lease.message_id, KEEP_IN_MEMORY as u64)
+        {
+            Ok(found) => found,
             Err(e) => {
                 error!(
                     "{}: cannot load: {e}; left active until restart",
@@ -153,7 +156,7 @@ impl Server {
         self.start_job(Job {
             lease,
             message: Rc::new(message),
-            body: None,
+            body: body.map(Rc::from),
             next_piece: 0,
             dsn_passed: false,
             started_at: self.wall,

@@ -157,25 +157,35 @@ fn apply_outcome(conn: &Connection, o: &Outcome) -> Result<(), QueueError> {
 
 /// A message nobody waits for no longer needs its body, pieces included;
 /// the row stays (with `size`) for the `deliveries` view until pruned.
+/// Plain UPDATEs (no RETURNING, which buffers its rows): this runs for
+/// every finished message.
 pub(super) fn drop_body_if_done(conn: &Connection, id: &str) -> Result<(), QueueError> {
-    let chunks: Option<u32> = conn
-        .prepare_cached(
-            "UPDATE messages SET body = x'', chunks = 0
-             WHERE id = ?1 AND (length(body) > 0 OR chunks > 0)
-               AND NOT EXISTS (SELECT 1 FROM recipients
-                               WHERE message_id = ?1
-                                 AND (status = 'queued' OR status = 'deferred' OR status = 'active' OR status = 'held'))
-             RETURNING (SELECT count(*) FROM body_chunks WHERE message_id = ?1)",
-        )
-        .and_then(|mut stmt| stmt.query_row([id], |r| r.get(0)).optional())
-        .map_err(|e| QueueError(format!("queue: dropping body of {id}: {e}")))?;
-    if chunks.is_some_and(|n| n > 0) {
-        conn.prepare_cached("DELETE FROM body_chunks WHERE message_id = ?1")
+    let run = |sql: &str| {
+        conn.prepare_cached(sql)
             .and_then(|mut stmt| stmt.execute([id]))
-            .map_err(|e| QueueError(format!("queue: dropping body pieces of {id}: {e}")))?;
+            .map_err(|e| QueueError(format!("queue: dropping body of {id}: {e}")))
+    };
+    // Small mail, all of it in its row: one statement, as before pieces.
+    if run(DROP_WHOLE_BODY_SQL)? > 0 {
+        return Ok(());
+    }
+    if run(DROP_CHUNKED_BODY_SQL)? > 0 {
+        run("DELETE FROM body_chunks WHERE message_id = ?1")?;
     }
     Ok(())
 }
+
+const DROP_WHOLE_BODY_SQL: &str = "UPDATE messages SET body = x''
+     WHERE id = ?1 AND chunks = 0 AND length(body) > 0
+       AND NOT EXISTS (SELECT 1 FROM recipients
+                       WHERE message_id = ?1
+                         AND (status = 'queued' OR status = 'deferred' OR status = 'active' OR status = 'held'))";
+
+const DROP_CHUNKED_BODY_SQL: &str = "UPDATE messages SET body = x'', chunks = 0
+     WHERE id = ?1 AND chunks > 0
+       AND NOT EXISTS (SELECT 1 FROM recipients
+                       WHERE message_id = ?1
+                         AND (status = 'queued' OR status = 'deferred' OR status = 'active' OR status = 'held'))";
 
 fn upsert_host(conn: &Connection, h: &HostUpdate) -> Result<(), QueueError> {
     let (state, failures) = if h.up {
@@ -291,15 +301,26 @@ impl Queue {
     /// One message's envelope, for delivery or a bounce; its body is read
     /// piece by piece (`read_piece`) as it is sent.
     pub fn message(&self, id: &str) -> Result<StoredMessage, QueueError> {
+        self.message_and_body(id, 0).map(|(message, _)| message)
+    }
+
+    /// As `message`, with the body too when it is whole in its row and at
+    /// most `keep` octets: small mail is then sent from memory, one query.
+    pub fn message_and_body(
+        &self,
+        id: &str,
+        keep: u64,
+    ) -> Result<(StoredMessage, Option<Vec<u8>>), QueueError> {
         let row = self
             .conn
             .prepare_cached(
                 "SELECT id, sender, reverse_path, received_at, eight_bit, smtputf8,
-                        warned, size, chunks, ret, envid
+                        warned, size, chunks, ret, envid,
+                        CASE WHEN chunks = 0 AND size <= ?2 THEN body END
                  FROM messages WHERE id = ?1",
             )
             .and_then(|mut stmt| {
-                stmt.query_row([id], |r| {
+                stmt.query_row(params![id, keep as i64], |r| {
                     Ok((
                         StoredMessage {
                             id: r.get(0)?,
@@ -317,15 +338,17 @@ impl Queue {
                             envid: r.get(10)?,
                         },
                         r.get::<_, String>(3)?,
+                        r.get::<_, Option<Vec<u8>>>(11)?,
                     ))
                 })
                 .optional()
             })
             .map_err(|e| QueueError(format!("queue: reading message {id}: {e}")))?;
-        let (mut message, received_at) =
+        let (mut message, received_at, body) =
             row.ok_or_else(|| QueueError(format!("queue: no message {id}")))?;
         message.received_at = parse_time(&received_at)?;
-        Ok(message)
+        // A dropped body (every recipient final) is empty, not small.
+        Ok((message, body.filter(|b| !b.is_empty())))
     }
 
     /// Deletes up to `limit` final recipients finished before `before`, the
