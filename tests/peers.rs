@@ -387,3 +387,127 @@ fn mailhop_relays_into_postfix_which_relays_on() {
         "not BDAT: {row}"
     );
 }
+
+/// Where `.ci/run` unpacks Exim 4 (`apt-get download` + `dpkg -x`: the
+/// package conflicts with postfix, so it is never installed), or `EXIM`.
+fn exim_binary() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("EXIM") {
+        return Some(path.into());
+    }
+    let unpacked =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/exim/usr/sbin/exim4");
+    unpacked.is_file().then_some(unpacked)
+}
+
+/// An Exim 4 relays into mailhop: it sees CHUNKING and sends BDAT (its log
+/// marks such a delivery `K`), and the message lands byte-exact in the
+/// Maildir.
+#[test]
+fn exim_relays_into_mailhop_with_chunking() {
+    const TEST: &str = "exim_relays_into_mailhop_with_chunking";
+    let Some(exim) = exim_binary() else {
+        return skip(
+            TEST,
+            "no Exim unpacked in target/exim (.ci/run does it) and no EXIM=path",
+        );
+    };
+    if !is_root() {
+        return skip(TEST, "Exim's spool must belong to Debian-exim: needs root");
+    }
+    let owner = Command::new("id").arg("-u").arg("Debian-exim").output();
+    if !owner.as_ref().is_ok_and(|o| o.status.success()) {
+        return skip(TEST, "no Debian-exim user (.ci/run creates it)");
+    }
+    let dir = tempdir();
+    let mailhop = start_in(
+        dir.path(),
+        "hostname = \"mailhop.test\"\nlocal_domains = [\"mailhop.test\"]\nlocal_users = [\"jones\"]\nmaildir = \"mail\"\n",
+    );
+    let spool = dir.path().join("exim-spool");
+    std::fs::create_dir(&spool).unwrap();
+    let chown = Command::new("chown")
+        .args(["Debian-exim:", spool.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let config = dir.path().join("exim.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "exim_path = {exim}\nexim_user = Debian-exim\nexim_group = Debian-exim\n\
+             spool_directory = {spool}\nlog_file_path = {spool}/%slog\nprimary_hostname = exim.test\n\
+             begin routers\nto_mailhop:\n  driver = manualroute\n  transport = remote_smtp\n\
+             \x20 route_list = * 127.0.0.1::{port} byname\n  self = send\n\
+             begin transports\nremote_smtp:\n  driver = smtp\n  port = {port}\n\
+             \x20 hosts_try_chunking = *\n  allow_localhost\n  user = Debian-exim\n\
+             begin retry\n* * F,1m,1m\n",
+            exim = exim.display(),
+            spool = spool.display(),
+            port = mailhop.addr.port()
+        ),
+    )
+    .unwrap();
+    let body = "token-5e1f through Exim\n.leading dot\n..two dots\n.\nnot the end\n";
+    let message = format!("Subject: exim into mailhop\nFrom: sender@exim.test\n\n{body}");
+    let mut child = Command::new(&exim)
+        .args([
+            "-C",
+            config.to_str().unwrap(),
+            "-odf",
+            "-i",
+            "-f",
+            "sender@exim.test",
+            "jones@mailhop.test",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
+    let status = run_bounded_child(&mut child, WAIT);
+    let log = std::fs::read_to_string(spool.join("mainlog")).unwrap_or_default();
+    assert!(status, "exim did not finish:\n{log}");
+    let delivered = log
+        .lines()
+        .find(|l| l.contains("=> jones@mailhop.test"))
+        .unwrap_or_else(|| panic!("exim did not deliver:\n{log}\nmailhop:\n{}", mailhop.log()));
+    assert!(
+        delivered.contains(" K ") && delivered.contains("C=\"250 2.0.0 Ok: queued as"),
+        "not by BDAT: {delivered}"
+    );
+    let new = dir.path().join("mail/jones/new");
+    let file = std::fs::read_dir(&new)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let stored = std::fs::read_to_string(file).unwrap();
+    let (_, text) = stored.split_once("\n\n").unwrap();
+    assert_eq!(text, body, "{stored}");
+    assert!(stored.contains("by mailhop.test (mailhop) with ESMTP"));
+    assert!(stored.contains("(Exim 4."));
+    eprintln!("{TEST}: {delivered}");
+}
+
+/// Waits for `child` at most `limit`; kills it past that. True if it exited 0.
+fn run_bounded_child(child: &mut std::process::Child, limit: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.success();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
