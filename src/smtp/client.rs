@@ -773,7 +773,7 @@ impl Client {
             }
             State::DataDone(txn, next) if txn.bdat => self.chunk_reply(txn, None, next, reply),
             // Only once the dot is on the wire can it have been answered.
-            State::DataDone(mut txn, next) if self.out.len() <= self.after_dot => {
+            State::DataDone(txn, next) if self.out.len() <= self.after_dot => {
                 if txn.abandoned() {
                     // The dot after a 354 nobody wanted: the reply is moot.
                     // (Nothing is pipelined behind it: see may_send_next.)
@@ -782,17 +782,7 @@ impl Client {
                 if reply.class() == Class::Intermediate {
                     return self.failed(State::DataDone(txn, next), unexpected(&reply));
                 }
-                txn.decide_rest(&reply);
-                self.events.push_back(Event::Finished(final_replies(*txn)));
-                self.after_dot = 0;
-                match next {
-                    Some(Next::Sent(next)) => self.set_state(State::Envelope(next)),
-                    Some(Next::Refused(replies)) => {
-                        self.events.push_back(Event::Finished(replies));
-                        self.ready();
-                    }
-                    None => self.ready(),
-                }
+                self.data_answered(*txn, next, &reply);
             }
             // Idle, or still writing the data: nothing was asked.
             state => self.failed(state, unexpected(&reply)),
@@ -933,8 +923,14 @@ impl Client {
             return self.finish_failed(*txn);
         }
         let decided = txn.chunk_error.take().unwrap_or(reply);
-        txn.decide_rest(&decided);
-        self.events.push_back(Event::Finished(final_replies(*txn)));
+        self.data_answered(*txn, next, &decided);
+    }
+
+    /// The reply to the final dot (or BDAT LAST) decides the recipients
+    /// still open; then the transaction pipelined behind it, if any.
+    fn data_answered(&mut self, mut txn: Txn, next: Option<Next>, reply: &Reply) {
+        txn.decide_rest(reply);
+        self.events.push_back(Event::Finished(final_replies(txn)));
         self.after_dot = 0;
         match next {
             Some(Next::Sent(next)) => self.set_state(State::Envelope(next)),

@@ -194,15 +194,7 @@ fn serve(
                         t.raw.extend_from_slice(&l);
                         t.data.extend_from_slice(l.strip_prefix(b".").unwrap_or(&l));
                     }
-                    let t = txn.take().unwrap();
-                    let before = received.lock().unwrap().len();
-                    match script(Stage::EndOfData, "", before) {
-                        Some(reply) => reply,
-                        None => {
-                            received.lock().unwrap().push(t);
-                            "250 2.0.0 Ok: queued".to_string()
-                        }
-                    }
+                    end_of_data(txn.take().unwrap(), &received, &script)
                 }
                 _ => "554 5.5.1 no valid recipients".to_string(),
             }
@@ -221,15 +213,7 @@ fn serve(
                     t.bdat_chunks += 1;
                     if last {
                         after_dot = !input.buffer().is_empty();
-                        let t = txn.take().unwrap();
-                        let before = received.lock().unwrap().len();
-                        match script(Stage::EndOfData, "", before) {
-                            Some(reply) => reply,
-                            None => {
-                                received.lock().unwrap().push(t);
-                                "250 2.0.0 Ok: queued".to_string()
-                            }
-                        }
+                        end_of_data(txn.take().unwrap(), &received, &script)
                     } else {
                         format!("250 2.0.0 Ok: {n} octets")
                     }
@@ -249,6 +233,18 @@ fn serve(
         };
         if say(&reply).is_err() {
             return;
+        }
+    }
+}
+
+/// The whole message is in: the script's reply, or kept and 250.
+fn end_of_data(t: Transaction, received: &Mutex<Vec<Transaction>>, script: &Script) -> String {
+    let before = received.lock().unwrap().len();
+    match script(Stage::EndOfData, "", before) {
+        Some(reply) => reply,
+        None => {
+            received.lock().unwrap().push(t);
+            "250 2.0.0 Ok: queued".to_string()
         }
     }
 }
