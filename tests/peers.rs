@@ -470,7 +470,7 @@ fn exim_relays_into_mailhop_with_chunking() {
         .unwrap()
         .write_all(message.as_bytes())
         .unwrap();
-    let status = run_bounded_child(&mut child, WAIT);
+    let status = wait_bounded(&mut child, WAIT).is_some_and(|s| s.success());
     let log = std::fs::read_to_string(spool.join("mainlog")).unwrap_or_default();
     assert!(status, "exim did not finish:\n{log}");
     let delivered = log
@@ -494,20 +494,4 @@ fn exim_relays_into_mailhop_with_chunking() {
     assert!(stored.contains("by mailhop.test (mailhop) with ESMTP"));
     assert!(stored.contains("(Exim 4."));
     eprintln!("{TEST}: {delivered}");
-}
-
-/// Waits for `child` at most `limit`; kills it past that. True if it exited 0.
-fn run_bounded_child(child: &mut std::process::Child, limit: Duration) -> bool {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.success();
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

@@ -350,6 +350,11 @@ pub fn is_root() -> bool {
 /// Runs `cmd` to completion, killing it after `limit`; `None` on timeout.
 pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Option<ExitStatus> {
     let mut child = cmd.spawn().ok()?;
+    wait_bounded(&mut child, limit)
+}
+
+/// Waits for `child` at most `limit`, then kills it (`None`).
+pub fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> Option<ExitStatus> {
     let start = Instant::now();
     loop {
         if let Ok(Some(status)) = child.try_wait() {
