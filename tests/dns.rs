@@ -84,9 +84,16 @@ fn answer(request: &[u8], zone: &Zone, tcp: bool) -> Option<Vec<u8>> {
 }
 
 fn dns_server(zone: Zone) -> DnsServer {
-    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = std::net::TcpListener::bind(addr).unwrap();
+    // The same port for UDP and TCP: the UDP one the system gave may be
+    // taken for TCP by some other socket, so try again with another.
+    let (udp, addr, tcp) = (0..50)
+        .find_map(|_| {
+            let udp = UdpSocket::bind("127.0.0.1:0").ok()?;
+            let addr = udp.local_addr().ok()?;
+            let tcp = std::net::TcpListener::bind(addr).ok()?;
+            Some((udp, addr, tcp))
+        })
+        .expect("a port free for both UDP and TCP");
     udp.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     tcp.set_nonblocking(true).unwrap();
