@@ -762,13 +762,13 @@ fn transaction(job: &Job, hostname: &str, honor_routes: bool, dsn: bool) -> Tran
                     .lease
                     .recipients
                     .iter()
-                    .map(|r| (r.notify, r.orcpt.clone()))
-                    .collect(),
-                mailboxes: job
-                    .lease
-                    .recipients
-                    .iter()
-                    .map(|r| r.mailbox.clone())
+                    .map(|r| {
+                        let orcpt = r.orcpt.clone();
+                        (
+                            r.notify,
+                            orcpt.or_else(|| Some(format!("rfc822;{}", r.mailbox))),
+                        )
+                    })
                     .collect(),
             }
         } else {

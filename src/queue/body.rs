@@ -77,16 +77,6 @@ impl Queue {
         self.spool.lost.contains(id)
     }
 
-    /// Forgets a lost message once its session has been told.
-    pub fn forget_lost(&mut self, id: &str) {
-        self.spool.lost.remove(id);
-    }
-
-    /// Whether pieces (or discards) wait for a commit.
-    pub fn has_open_transaction(&self) -> bool {
-        self.spool.open
-    }
-
     /// Commits the open transaction, if any; on failure its pieces are lost.
     pub fn commit_open(&mut self) -> Result<(), QueueError> {
         if !self.spool.open {

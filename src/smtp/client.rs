@@ -54,11 +54,10 @@ pub struct Dsn {
     pub ret: Option<Ret>,
     pub envid: Option<String>,
     /// Per recipient, in the order of `Transaction::recipients`: `NOTIFY`,
-    /// and `ORCPT` as `addr-type;address` (`None`: the mailbox, which is
-    /// what is sent then, as Postfix does). Missing entries mean neither.
+    /// and `ORCPT` as `addr-type;address` (the caller puts the mailbox for
+    /// recipients that came without one, as Postfix does). Missing entries
+    /// mean neither.
     pub recipients: Vec<(Option<Notify>, Option<String>)>,
-    /// The recipients' mailboxes, for the ORCPT of those without one.
-    pub mailboxes: Vec<String>,
 }
 
 /// Where the body comes from.
@@ -218,8 +217,6 @@ struct Txn {
     pending: VecDeque<Expect>,
     /// The body goes as BDAT chunks (RFC 3030), not after DATA.
     bdat: bool,
-    /// BDAT: the LAST chunk is in the output.
-    last_sent: bool,
     /// BDAT: the first chunk refused; it decides the recipients.
     chunk_error: Option<Reply>,
 }
@@ -516,7 +513,7 @@ impl Client {
     /// queued behind it yet: `send` may be called now.
     pub fn may_send_next(&self) -> bool {
         matches!(&self.state, State::DataDone(txn, None)
-            if txn.pipelined && !txn.abandoned() && (!txn.bdat || (txn.last_sent && txn.chunk_error.is_none())))
+            if txn.pipelined && !txn.abandoned() && (!txn.bdat || txn.chunk_error.is_none()))
     }
 
     /// Starts a transaction; only after `Event::Ready`, or while
@@ -581,12 +578,9 @@ impl Client {
                 let (notify, orcpt) = t.dsn.recipients.get(i).cloned().unwrap_or_default();
                 let mut params = String::new();
                 if let Some(notify) = notify {
-                    let _ = std::fmt::Write::write_fmt(
-                        &mut params,
-                        format_args!(" NOTIFY={}", notify.to_param()),
-                    );
+                    params.push_str(" NOTIFY=");
+                    params.push_str(&notify.to_param());
                 }
-                let orcpt = orcpt.or_else(|| t.dsn.mailboxes.get(i).map(|m| format!("rfc822;{m}")));
                 if let Some(orcpt) = orcpt {
                     params.push_str(" ORCPT=");
                     params.push_str(&dsn::orcpt_param(&orcpt));
@@ -605,7 +599,6 @@ impl Client {
             pipelined: ext.pipelining,
             pending: VecDeque::from([Expect::Mail]),
             bdat: self.chunking && ext.chunking && ext.pipelining,
-            last_sent: false,
             chunk_error: None,
         });
         if txn.pipelined {
@@ -964,7 +957,6 @@ impl Client {
         );
         self.out.extend_from_slice(chunk);
         txn.pending.push_back(Expect::Bdat(last));
-        txn.last_sent = last;
         if self.chunk.capacity() > 2 * HIGH_WATER {
             self.chunk = Vec::new();
         }
