@@ -104,6 +104,10 @@ pub struct Config {
     pub outbound_chunking: bool,
     pub tls: Tls,
     pub auth_users_file: Option<PathBuf>,
+    /// `[metrics] listen`: the Prometheus endpoint, off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where `serve` writes its PID (for `mailhop reload`), if anywhere.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// A config problem: the message names the file, the key and the problem.
@@ -195,6 +199,7 @@ impl Config {
             BareLineEnds::Normalize => "normalize",
         };
         let _ = writeln!(o, "bare_lf = {}", q(bl));
+        let _ = writeln!(o, "pid_file = {}", qpath(self.pid_file.as_deref()));
 
         let _ = writeln!(o, "\n[routes]");
         for r in &self.routes {
@@ -257,6 +262,13 @@ impl Config {
 
         let _ = writeln!(o, "\n[auth]");
         let _ = writeln!(o, "users_file = {}", qpath(self.auth_users_file.as_deref()));
+
+        let _ = writeln!(o, "\n[metrics]");
+        let metrics = self
+            .metrics_listen
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let _ = writeln!(o, "listen = {}", q(&metrics));
         o
     }
 }
@@ -332,6 +344,8 @@ struct RawConfig {
     outbound: RawOutbound,
     tls: RawTls,
     auth: RawAuth,
+    metrics: RawMetrics,
+    pid_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -377,6 +391,12 @@ struct RawTls {
     outbound: Option<String>,
     ca_file: Option<String>,
     verify_outbound: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -481,6 +501,17 @@ impl Validator<'_> {
             return Err(self.err("tls.implicit_listen", format!("{a} is also in listen")));
         }
 
+        let metrics_listen = match raw.metrics.listen.filter(|s| !s.is_empty()) {
+            None => None,
+            Some(a) => {
+                let a = self.addrs("metrics.listen", Some(vec![a]), &[], None)?[0];
+                if a.port() != 0 && (listen.contains(&a) || tls.implicit_listen.contains(&a)) {
+                    return Err(self.err("metrics.listen", format!("{a} is also an SMTP listener")));
+                }
+                Some(a)
+            }
+        };
+
         Ok(Config {
             file: None,
             hostname,
@@ -507,6 +538,8 @@ impl Validator<'_> {
             outbound_chunking: raw.outbound.chunking.unwrap_or(true),
             tls,
             auth_users_file: self.opt_path(raw.auth.users_file),
+            metrics_listen,
+            pid_file: self.opt_path(raw.pid_file),
         })
     }
 

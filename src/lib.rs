@@ -18,6 +18,7 @@ pub mod dns;
 pub mod event_loop;
 pub mod logbuf;
 pub mod message;
+pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod routing;

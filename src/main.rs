@@ -59,20 +59,38 @@ fn usage_error(e: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
+/// The config with `serve`'s overrides, and what it names (certificates,
+/// users): at start and again on each reload.
+fn load_all(args: &ServeArgs) -> Result<(Config, Secrets), String> {
+    let mut config = Config::load(args.config.config.as_deref()).map_err(|e| e.to_string())?;
+    if !args.listen.is_empty() {
+        config.listen = args.listen.clone();
+    }
+    if let Some(queue) = &args.queue {
+        config.queue = queue.clone();
+    }
+    if let Some(hostname) = &args.hostname {
+        config.hostname = hostname.clone();
+    }
+    let tls = mailhop::tls::load(&config).map_err(|e| format!("{}: {e}", config_name(&config)))?;
+    let users = match &config.auth_users_file {
+        Some(path) => Some(
+            mailhop::auth::Users::load(path)
+                .map_err(|e| format!("{}: auth.users_file: {e}", config_name(&config)))?,
+        ),
+        None => None,
+    };
+    if users.is_some() && tls.server.is_none() {
+        warn!("auth.users_file is set but [tls] has no certificate: AUTH is only offered over TLS, so never");
+    }
+    Ok((config, Secrets { tls, users }))
+}
+
 fn serve(args: ServeArgs) -> ExitCode {
-    let mut config = match Config::load(args.config.config.as_deref()) {
-        Ok(config) => config,
+    let (config, secrets) = match load_all(&args) {
+        Ok(loaded) => loaded,
         Err(e) => return usage_error(&e),
     };
-    if !args.listen.is_empty() {
-        config.listen = args.listen;
-    }
-    if let Some(queue) = args.queue {
-        config.queue = queue;
-    }
-    if let Some(hostname) = args.hostname {
-        config.hostname = hostname;
-    }
     if let Err(e) = event_loop::raise_fd_limit() {
         warn!("cannot raise the open file limit: {e}");
     }
@@ -86,38 +104,22 @@ fn serve(args: ServeArgs) -> ExitCode {
             ))
         }
     };
-    let tls = match mailhop::tls::load(&config) {
-        Ok(tls) => tls,
-        Err(e) => return usage_error(&format!("{}: {e}", config_name(&config))),
-    };
-    let users = match &config.auth_users_file {
-        Some(path) => match mailhop::auth::Users::load(path) {
-            Ok(users) => Some(users),
-            Err(e) => {
-                return usage_error(&format!("{}: auth.users_file: {e}", config_name(&config)))
-            }
-        },
-        None => None,
-    };
-    if users.is_some() && tls.server.is_none() {
-        warn!("auth.users_file is set but [tls] has no certificate: AUTH is only offered over TLS, so never");
-    }
     let mut listeners = Vec::new();
-    let plain = config.listen.iter().map(|a| (a, false));
-    let implicit = config.tls.implicit_listen.iter().map(|a| (a, true));
-    for (addr, implicit_tls) in plain.chain(implicit) {
-        match event_loop::bind(*addr) {
+    for (addr, implicit_tls) in event_loop::listen_addrs(&config) {
+        match event_loop::bind(addr) {
             Ok(socket) => listeners.push(Listener {
                 socket,
                 implicit_tls,
+                configured: addr,
             }),
             Err(e) => return fatal(&format!("cannot listen on {addr}: {e}")),
         }
     }
-    let server = match Server::new(&config, listeners, queue, Secrets { tls, users }) {
+    let mut server = match Server::new(&config, listeners, queue, secrets) {
         Ok(server) => server,
         Err(e) => return fatal(&format!("cannot start the event loop: {e}")),
     };
+    server.set_reloader(Box::new(move || load_all(&args)));
     let handle = server.shutdown_handle();
     let installed = ctrlc::set_handler(move || {
         if handle.signal() > 0 {
@@ -128,6 +130,16 @@ fn serve(args: ServeArgs) -> ExitCode {
     });
     if let Err(e) = installed {
         return fatal(&format!("cannot install the signal handler: {e}"));
+    }
+    // SIGTERM: the loop stops gracefully on the first; a second one ends
+    // the process at once, even with the loop busy.
+    let terminated = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let term = signal_hook::consts::SIGTERM;
+    let registered =
+        signal_hook::flag::register_conditional_shutdown(term, 130, terminated.clone())
+            .and_then(|_| signal_hook::flag::register(term, terminated));
+    if let Err(e) = registered {
+        return fatal(&format!("cannot install the SIGTERM handler: {e}"));
     }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,

@@ -167,6 +167,7 @@ mod tests {
                     attempts: 0,
                     notify: None,
                     orcpt: None,
+                    was_deferred: false,
                 })
                 .collect(),
         };
@@ -264,6 +265,7 @@ mod notify_tests {
                 attempts: 0,
                 notify: notify.map(|n| Notify::parse(n.as_bytes()).unwrap()),
                 orcpt: None,
+                was_deferred: false,
             }],
         };
         let message = StoredMessage {

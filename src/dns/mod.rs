@@ -122,6 +122,16 @@ impl Resolver {
         }
     }
 
+    /// New servers for the questions asked from now on (a reload); an
+    /// empty list is refused (false), since questions in flight need one.
+    pub fn set_servers(&mut self, servers: Vec<SocketAddr>) -> bool {
+        if servers.is_empty() {
+            return false;
+        }
+        self.tx.servers = servers;
+        true
+    }
+
     /// Starts a lookup, or joins one in progress. A cached answer is
     /// returned at once; otherwise it comes later from `poll_answer`.
     pub fn lookup(&mut self, target: Target, now: Instant) -> Option<Answer> {

@@ -37,6 +37,9 @@ impl Server {
     /// Parks `job` until `target` is resolved (at once when cached).
     pub(super) fn resolve(&mut self, job: Job, target: Target, port: u16) {
         let cached = self.resolver.lookup(target.clone(), self.now);
+        if cached.is_some() {
+            self.metrics.dns_cache_hits.inc();
+        }
         self.resolving
             .entry(target.clone())
             .or_default()
@@ -82,6 +85,7 @@ impl Server {
             tcp,
             bytes,
         } = transmit;
+        self.metrics.dns_query(query_type(&bytes));
         let entry = self.dns_sockets.vacant_entry();
         let key = entry.key();
         let token = Token(DNS_BASE + key);
@@ -187,7 +191,10 @@ impl Server {
                 ),
             )),
             Answer::NotFound(why) => Some(Reply::local(550, "5.1.2", why)),
-            Answer::TempFail(why) => Some(Reply::local(451, "4.4.3", why)),
+            Answer::TempFail(why) => {
+                self.metrics.dns_errors.inc();
+                Some(Reply::local(451, "4.4.3", why))
+            }
             Answer::Loop(why) => Some(Reply::local(554, "5.4.6", why)),
         };
         if let Some(reply) = failure {
@@ -272,5 +279,21 @@ fn tcp_exchange(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// The QTYPE of a query we made (one question, QTYPE and QCLASS last).
+fn query_type(query: &[u8]) -> &'static str {
+    let qtype = query
+        .len()
+        .checked_sub(4)
+        .map(|at| u16::from_be_bytes([query[at], query[at + 1]]));
+    match qtype {
+        Some(1) => "A",
+        Some(28) => "AAAA",
+        Some(15) => "MX",
+        Some(16) => "TXT",
+        Some(5) => "CNAME",
+        _ => "other",
     }
 }

@@ -9,6 +9,8 @@
 
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use log::debug;
@@ -16,8 +18,9 @@ use mio::{Interest, Token};
 
 use super::{write_out, Readiness, Server, Transport, DNS_BASE};
 use crate::message::Message;
+use crate::metrics::Direction;
 use crate::queue::Queue;
-use crate::smtp::server::{Env, Session};
+use crate::smtp::server::{Env, Session, Settings};
 
 /// Input a session may hold unconsumed: a partial command line is at most
 /// 4 KiB, the rest is pipelined input waiting for a commit or for the
@@ -36,6 +39,10 @@ const KEEP_CAPACITY: usize = 16 * 1024;
 pub(super) struct Conn {
     transport: Transport,
     pub(super) session: Session,
+    /// The settings the session started with (a reload changes only new
+    /// sessions'), and the TLS configuration it may upgrade with.
+    pub(super) settings: Rc<Settings>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     ip: IpAddr,
     /// Input read but not yet consumed by the session.
     inbuf: Vec<u8>,
@@ -55,6 +62,8 @@ impl Server {
             let Some(listener) = self.listeners.get(index) else {
                 return;
             };
+            let implicit_tls = listener.implicit_tls;
+            let listener = &listener.socket;
             let (mut stream, addr) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -69,19 +78,24 @@ impl Server {
                 }
                 Err(e) => {
                     debug!("accept: {e}");
+                    self.metrics.refused("accept_error");
                     continue;
                 }
             };
             let ip = addr.ip().to_canonical();
             let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
             let refusal = if self.conns.len() >= self.max_connections {
-                Some("Error: too many connections")
+                Some(("max_connections", "Error: too many connections"))
             } else if from_ip >= self.max_connections_per_ip {
-                Some("Error: too many connections from your address")
+                Some((
+                    "max_connections_per_ip",
+                    "Error: too many connections from your address",
+                ))
             } else {
                 None
             };
-            if let Some(text) = refusal {
+            if let Some((reason, text)) = refusal {
+                self.metrics.refused(reason);
                 // Best effort, without a slot: one write, then close.
                 let mut session = Session::refuse(&self.settings, ip, text);
                 let _ = stream.write(session.output());
@@ -106,7 +120,6 @@ impl Server {
             }
             let deadline = self.now + self.idle_timeout;
             let mut transport = Transport::plain(stream);
-            let implicit_tls = self.implicit_tls.get(index).copied().unwrap_or(false);
             if implicit_tls {
                 let Some(config) = self.tls.server.clone() else {
                     continue;
@@ -118,6 +131,8 @@ impl Server {
             entry.insert(Conn {
                 transport,
                 session: Session::new(&self.settings, ip, implicit_tls),
+                settings: self.settings.clone(),
+                tls: self.tls.server.clone(),
                 ip,
                 inbuf: Vec::new(),
                 // Writable until a write would block: the greeting goes
@@ -132,6 +147,8 @@ impl Server {
             });
             self.deadlines.insert((deadline, key));
             *self.per_ip.entry(ip).or_insert(0) += 1;
+            self.metrics.inbound_accepted.inc();
+            self.metrics.inbound_open.inc();
             debug!("connect from [{ip}] as session {key}");
             self.drive(key);
         }
@@ -152,7 +169,7 @@ impl Server {
             return;
         };
         let mut env = Env {
-            settings: &self.settings,
+            settings: &conn.settings,
             now: self.wall,
             ids: &mut self.ids,
             auth_failures: &mut self.auth_failures,
@@ -185,12 +202,7 @@ impl Server {
                 // The 220 is out: what the client sent after STARTTLS, in
                 // clear, is dropped unread (CVE-2011-0411), then TLS.
                 conn.inbuf.clear();
-                match self
-                    .tls
-                    .server
-                    .clone()
-                    .map(|c| conn.transport.start_server(c))
-                {
+                match conn.tls.clone().map(|c| conn.transport.start_server(c)) {
                     Some(Ok(())) => conn.session.tls_started(),
                     _ => {
                         failed = true;
@@ -206,7 +218,8 @@ impl Server {
             if !may_read {
                 break;
             }
-            if conn.transport.is_handshaking() {
+            let handshaking = conn.transport.is_handshaking();
+            if handshaking {
                 // A handshake step is the costliest read there is (key
                 // exchange and signature): only so many per turn, so a
                 // storm of them cannot hold up everyone else's replies.
@@ -216,7 +229,15 @@ impl Server {
                 }
                 self.handshakes_left -= 1;
             }
-            match conn.transport.read(&mut self.scratch) {
+            let read = conn.transport.read(&mut self.scratch);
+            if handshaking {
+                if !conn.transport.is_handshaking() {
+                    self.metrics.handshake(Direction::inbound, true);
+                } else if handshake_failed(&read) {
+                    self.metrics.handshake(Direction::inbound, false);
+                }
+            }
+            match read {
                 Ok(0) => conn.eof = true,
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
@@ -245,6 +266,7 @@ impl Server {
             }
         }
         self.turn_read_left -= budget_at_start - budget;
+        self.metrics.replies(conn.session.take_sent());
         if conn.inbuf.is_empty() && conn.inbuf.capacity() > KEEP_CAPACITY {
             conn.inbuf = Vec::new();
         }
@@ -269,6 +291,7 @@ impl Server {
     fn close(&mut self, key: usize) {
         let conn = self.conns.remove(key);
         self.trim_due = true;
+        self.metrics.inbound_open.dec();
         if let Some(id) = conn.session.unfinished_pieces() {
             debug!("{id}: session ended inside the data; its pieces are discarded");
             self.queue.discard_body(id);
@@ -281,6 +304,19 @@ impl Server {
             }
         }
         debug!("disconnect [{}] session {key}", conn.ip);
+    }
+}
+
+/// A read during a handshake that ends it without success (EOF, an
+/// error other than "later").
+pub(super) fn handshake_failed(read: &io::Result<usize>) -> bool {
+    match read {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        ),
     }
 }
 

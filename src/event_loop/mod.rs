@@ -3,14 +3,19 @@
 //! commit at the end of each turn, and the shutdown drain.
 
 mod dns;
+mod http;
 mod inbound;
 mod outbound;
+mod reload;
 mod scheduler;
 mod transport;
+
+pub use reload::{listen_addrs, Reloader};
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,8 +26,9 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::config::{Config, Retry, SourceRoutes, Timeouts};
+use crate::config::{Config, Retry, Timeouts};
 use crate::message::{Message, QueueIds};
+use crate::metrics::{Depth, Metrics};
 use crate::queue::{Batch, Queue};
 use crate::smtp::server::Settings;
 use inbound::Conn;
@@ -32,9 +38,14 @@ use transport::Transport;
 
 /// Accept backlog: bursts of connections are queued, not dropped at SYN.
 const LISTEN_BACKLOG: i32 = 1024;
+const SIGNALS: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
-/// Listener `i` has token `LISTENER_BASE + i`.
-const LISTENER_BASE: usize = usize::MAX - 1 - 1024;
+const METRICS_LISTENER: Token = Token(usize::MAX - 2);
+/// Listener `k` (a slab key) has token `LISTENER_BASE + k`.
+const LISTENER_BASE: usize = usize::MAX - 2 - MAX_LISTENERS;
+const MAX_LISTENERS: usize = 1024;
+/// Metrics connection `k` has token `HTTP_BASE + k`.
+const HTTP_BASE: usize = 1 << 31;
 /// Outbound session `k` has token `OUT_BASE + k`.
 const OUT_BASE: usize = 1 << 30;
 /// DNS socket `k` has token `DNS_BASE + k`; inbound sessions are slab keys
@@ -136,10 +147,20 @@ impl ShutdownHandle {
 /// A connection's timer entry: when, and which slab key.
 type Deadline = (Instant, usize);
 
-/// A bound listening socket; `implicit_tls`: RFC 8314 (TLS from the start).
+/// A bound listening socket; `implicit_tls`: RFC 8314 (TLS from the start);
+/// `configured`: the address as the config says it (port 0 stays 0), so a
+/// reload knows which listeners it still wants.
 pub struct Listener {
     pub socket: std::net::TcpListener,
     pub implicit_tls: bool,
+    pub configured: SocketAddr,
+}
+
+/// A listener on the loop.
+struct Bound {
+    socket: TcpListener,
+    implicit_tls: bool,
+    configured: SocketAddr,
 }
 
 /// What `[tls]` and `[auth]` load from files.
@@ -150,15 +171,14 @@ pub struct Secrets {
 
 pub struct Server {
     poll: Poll,
-    listeners: Vec<TcpListener>,
-    /// Per listener: TLS from the first byte.
-    implicit_tls: Vec<bool>,
+    listeners: Slab<Bound>,
     tls: crate::tls::TlsSetup,
     auth_failures: crate::auth::Failures,
     conns: Slab<Conn>,
     per_ip: HashMap<std::net::IpAddr, usize>,
     deadlines: BTreeSet<Deadline>,
-    settings: Settings,
+    /// For new sessions; each session keeps the one it started with.
+    settings: Rc<Settings>,
     idle_timeout: Duration,
     max_connections: usize,
     max_connections_per_ip: usize,
@@ -221,6 +241,16 @@ pub struct Server {
     timeouts: Timeouts,
     maildir: std::path::PathBuf,
     honor_routes: bool,
+    metrics: Metrics,
+    /// Pending recipients by status, kept as the loop changes them.
+    depth: Depth,
+    http: http::Http,
+    /// SIGHUP and SIGTERM, as a mio source.
+    hangups: Option<signal_hook_mio::v1_0::Signals>,
+    reloader: Option<Reloader>,
+    /// What a reload may not change.
+    queue_path: std::path::PathBuf,
+    metrics_listen: Option<SocketAddr>,
 }
 
 struct OutboundLimits {
@@ -239,43 +269,44 @@ impl Server {
         secrets: Secrets,
     ) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let mut mio_listeners = Vec::with_capacity(listeners.len());
-        let implicit_tls: Vec<bool> = listeners.iter().map(|l| l.implicit_tls).collect();
-        for (
-            i,
-            Listener {
-                socket: listener, ..
-            },
-        ) in listeners.into_iter().enumerate()
-        {
-            listener.set_nonblocking(true)?;
-            let mut listener = TcpListener::from_std(listener);
-            poll.registry().register(
-                &mut listener,
-                Token(LISTENER_BASE + i),
-                Interest::READABLE,
-            )?;
-            mio_listeners.push(listener);
-        }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let local_addrs: Vec<SocketAddr> = mio_listeners
+        let mut hangups = signal_hook_mio::v1_0::Signals::new([libc::SIGHUP, libc::SIGTERM])?;
+        poll.registry()
+            .register(&mut hangups, SIGNALS, Interest::READABLE)?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => {
+                let mut listener = TcpListener::from_std(bind(addr)?);
+                poll.registry()
+                    .register(&mut listener, METRICS_LISTENER, Interest::READABLE)?;
+                Some(listener)
+            }
+            None => None,
+        };
+        // An MX at one of our addresses is us only where we listen on the
+        // SMTP port.
+        let local_addrs: Vec<std::net::IpAddr> = listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|l| l.socket.local_addr().ok())
+            .filter(|a| a.port() == crate::routing::SMTP_PORT)
+            .map(|a| a.ip())
             .collect();
-        Ok(Server {
+        let depth = match queue.pending_counts() {
+            Ok([queued, deferred, active, held]) => Depth {
+                queued,
+                deferred,
+                active,
+                held,
+            },
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        };
+        let mut server = Server {
             poll,
-            listeners: mio_listeners,
+            listeners: Slab::new(),
             conns: Slab::with_capacity(1024),
             per_ip: HashMap::new(),
             deadlines: BTreeSet::new(),
-            settings: {
-                let mut settings = Settings::new(config);
-                settings.starttls = secrets.tls.server.is_some();
-                settings.users = secrets.users;
-                settings
-            },
-            tls: secrets.tls,
-            implicit_tls,
+            settings: Rc::new(Settings::new(config)),
+            tls: secrets.tls.clone(),
             auth_failures: crate::auth::Failures::default(),
             idle_timeout: config.timeouts.server_idle,
             max_connections: config.max_connections,
@@ -304,13 +335,7 @@ impl Server {
             resolver: crate::dns::Resolver::new(
                 config.dns_servers.clone(),
                 vec![config.hostname.to_lowercase()],
-                // An MX at one of our addresses is us only where we listen
-                // on the SMTP port.
-                local_addrs
-                    .iter()
-                    .filter(|a| a.port() == crate::routing::SMTP_PORT)
-                    .map(|a| a.ip())
-                    .collect(),
+                local_addrs,
             ),
             dns_sockets: Slab::new(),
             dns_by_query: HashMap::new(),
@@ -332,8 +357,37 @@ impl Server {
             retry: config.retry.clone(),
             timeouts: config.timeouts.clone(),
             maildir: config.maildir.clone(),
-            honor_routes: config.source_routes == SourceRoutes::Honor,
-        })
+            honor_routes: true,
+            metrics: Metrics::new(),
+            depth,
+            http: http::Http::new(metrics_listener),
+            hangups: Some(hangups),
+            reloader: None,
+            queue_path: config.queue.clone(),
+            metrics_listen: config.metrics_listen,
+        };
+        server.apply_config(config, secrets);
+        for listener in listeners {
+            if server.listeners.len() >= MAX_LISTENERS {
+                return Err(io::Error::other(format!(
+                    "more than {MAX_LISTENERS} listeners"
+                )));
+            }
+            listener.socket.set_nonblocking(true)?;
+            let mut socket = TcpListener::from_std(listener.socket);
+            let entry = server.listeners.vacant_entry();
+            server.poll.registry().register(
+                &mut socket,
+                Token(LISTENER_BASE + entry.key()),
+                Interest::READABLE,
+            )?;
+            entry.insert(Bound {
+                socket,
+                implicit_tls: listener.implicit_tls,
+                configured: listener.configured,
+            });
+        }
+        Ok(server)
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -347,8 +401,13 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(_, l)| l.socket.local_addr().ok())
             .collect()
+    }
+
+    /// The metrics endpoint's bound address, when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.http.listener.as_ref()?.local_addr().ok()
     }
 
     /// Runs until a shutdown signal has been handled; Ok means a clean stop.
@@ -363,6 +422,9 @@ impl Server {
         for addr in self.local_addrs() {
             info!("listening on {addr}");
         }
+        if let Some(addr) = self.metrics_addr() {
+            info!("metrics on http://{addr}/metrics");
+        }
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
@@ -373,6 +435,7 @@ impl Server {
                 }
             }
             self.now = Instant::now();
+            let turn_started = self.now;
             self.wall = SystemTime::now();
             // Idle: the poll waited and nothing came.
             let idle = events.is_empty() && timeout != Some(Duration::ZERO);
@@ -387,8 +450,13 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     WAKER => self.check_signals(),
+                    SIGNALS => self.check_hangups(),
+                    METRICS_LISTENER => self.http_accept(),
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
-                    Token(t) if (OUT_BASE..LISTENER_BASE).contains(&t) => {
+                    Token(t) if (HTTP_BASE..LISTENER_BASE).contains(&t) => {
+                        self.http_event(t - HTTP_BASE)
+                    }
+                    Token(t) if (OUT_BASE..HTTP_BASE).contains(&t) => {
                         self.out_event(t - OUT_BASE, Readiness::of(event))
                     }
                     Token(t) if (DNS_BASE..OUT_BASE).contains(&t) => self.dns_event(t - DNS_BASE),
@@ -402,14 +470,19 @@ impl Server {
             }
             self.fire_deadlines();
             self.fire_out_deadlines();
+            self.http_deadlines();
             self.dns_flush();
             if self.accept_paused_until.is_some_and(|t| t <= self.now) {
                 self.accept_paused_until = None;
-                for i in 0..self.listeners.len() {
-                    self.accept(i);
+                let keys: Vec<usize> = self.listeners.iter().map(|(k, _)| k).collect();
+                for key in keys {
+                    self.accept(key);
                 }
             }
             if self.keep_gathering(inbound_events) {
+                self.metrics.turn_duration.observe(crate::metrics::seconds(
+                    Instant::now().saturating_duration_since(turn_started),
+                ));
                 continue;
             }
             self.commit();
@@ -418,6 +491,9 @@ impl Server {
             self.dispatch_waiting();
             self.schedule();
             self.commit();
+            self.metrics.turn_duration.observe(crate::metrics::seconds(
+                Instant::now().saturating_duration_since(turn_started),
+            ));
             if let Some(deadline) = self.shutdown {
                 if self.conns.is_empty() || self.now >= deadline {
                     self.commit();
@@ -468,6 +544,7 @@ impl Server {
             self.turn.due(),
             self.shutdown,
             self.accept_paused_until,
+            self.http.next_deadline(),
             scan,
         ]
         .into_iter()
@@ -482,12 +559,13 @@ impl Server {
         }
         info!("shutting down: closing listeners, finishing messages in progress");
         self.shutdown = Some(self.now + SHUTDOWN_GRACE);
-        for mut listener in self.listeners.drain(..) {
-            let _ = self.poll.registry().deregister(&mut listener);
+        for mut bound in self.listeners.drain() {
+            let _ = self.poll.registry().deregister(&mut bound.socket);
         }
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
-            self.conns[key].session.shutdown(&self.settings);
+            let conn = &mut self.conns[key];
+            conn.session.shutdown(&conn.settings);
             self.drive(key);
         }
         // Idle outbound sessions say QUIT; busy ones are cut at exit and
@@ -501,6 +579,25 @@ impl Server {
         for key in idle {
             self.out[key].idle = false;
             self.out_quit(key);
+        }
+    }
+
+    /// Signals since the last look: SIGTERM stops as SIGINT does; any
+    /// number of SIGHUPs make one reload.
+    fn check_hangups(&mut self) {
+        let Some(hangups) = self.hangups.as_mut() else {
+            return;
+        };
+        let (mut hup, mut term) = (false, false);
+        for signal in hangups.pending() {
+            hup |= signal == libc::SIGHUP;
+            term |= signal == libc::SIGTERM;
+        }
+        if term {
+            self.signals.fetch_add(1, Ordering::SeqCst);
+            self.check_signals();
+        } else if hup && self.shutdown.is_none() {
+            self.reload();
         }
     }
 
@@ -547,7 +644,15 @@ impl Server {
         // New mail goes straight to delivery while there is room for it.
         let lease_new = self.shutdown.is_none()
             && self.jobs_in_memory + batch.messages.len() <= scheduler::MAX_JOBS / 2;
+        let started = Instant::now();
         let result = self.queue.commit_and_lease(&batch, lease_new);
+        self.metrics
+            .commit_duration
+            .observe(crate::metrics::seconds(started.elapsed()));
+        if result.is_ok() {
+            let leases = result.as_deref().unwrap_or_default();
+            self.count_committed(&batch, leases, inbound.len());
+        }
         let Batch {
             outcomes,
             hosts,
@@ -559,7 +664,7 @@ impl Server {
             Ok(leases) => {
                 for (key, message) in keys.iter().zip(&inbound) {
                     if let Some(conn) = self.conns.get_mut(*key) {
-                        conn.session.committed(Ok(&message.id), &self.settings);
+                        conn.session.committed(Ok(&message.id), &conn.settings);
                     }
                     info!(
                         "{}: from=<{}> size={} nrcpt={} client=[{}] helo={}",
@@ -582,7 +687,7 @@ impl Server {
                 error!("queue commit failed: {e}");
                 for (key, message) in keys.iter().zip(&inbound) {
                     if let Some(conn) = self.conns.get_mut(*key) {
-                        conn.session.committed(Err(()), &self.settings);
+                        conn.session.committed(Err(()), &conn.settings);
                     }
                     // Pieces committed in earlier turns would be orphans.
                     if message.chunks > 0 {
@@ -606,6 +711,65 @@ impl Server {
         }
     }
 
+    /// What a committed batch did, for the metrics: the counters move only
+    /// once the queue holds the same facts.
+    fn count_committed(
+        &mut self,
+        batch: &Batch<'_>,
+        leases: &[crate::queue::Lease],
+        inbound: usize,
+    ) {
+        use crate::metrics::Outcome as Counted;
+        use crate::queue::RecipientState;
+        self.metrics
+            .commit_batch
+            .observe(batch.messages.len() as f64);
+        for message in &batch.messages[..inbound] {
+            self.metrics.messages_accepted.inc();
+            self.metrics
+                .recipients_accepted
+                .inc_by(message.recipients.len() as u64);
+            self.metrics.bytes_received.inc_by(message.size);
+        }
+        for message in &batch.messages {
+            self.depth.queued += message.recipients.len() as i64;
+        }
+        for lease in leases {
+            self.depth.queued -= lease.recipients.len() as i64;
+            self.depth.active += lease.recipients.len() as i64;
+        }
+        for outcome in &batch.outcomes {
+            self.depth.active -= 1;
+            let counted = match outcome.state {
+                RecipientState::Delivered => Counted::Delivered,
+                RecipientState::Deferred { .. } => {
+                    self.depth.deferred += 1;
+                    Counted::Deferred
+                }
+                RecipientState::Bounced => Counted::Bounced,
+                RecipientState::Expired => Counted::Expired,
+                RecipientState::Deleted => continue,
+            };
+            self.metrics
+                .outcome(&outcome.next_hop, counted, outcome.attempt.is_some());
+        }
+    }
+
+    /// Recounts the queue's pending recipients (another process changed it).
+    fn recount_depth(&mut self) {
+        match self.queue.pending_counts() {
+            Ok([queued, deferred, active, held]) => {
+                self.depth = Depth {
+                    queued,
+                    deferred,
+                    active,
+                    held,
+                }
+            }
+            Err(e) => error!("counting the queue: {e}"),
+        }
+    }
+
     /// A message that lost body pieces to a failed write cannot be stored
     /// whole: its session gets 451 now, its other pieces are discarded,
     /// and it stays out of the commit.
@@ -619,7 +783,7 @@ impl Server {
         );
         self.queue.discard_body(&message.id);
         if let Some(conn) = self.conns.get_mut(key) {
-            conn.session.committed(Err(()), &self.settings);
+            conn.session.committed(Err(()), &conn.settings);
             self.runnable.push(key);
         }
         false
@@ -645,7 +809,7 @@ impl Server {
                 self.deadlines.insert((due, key));
                 continue;
             }
-            conn.session.timeout(&self.settings);
+            conn.session.timeout(&conn.settings);
             self.drive(key);
         }
     }

@@ -13,6 +13,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::{write_out, Readiness, Server, Transport, OUT_BASE};
+use crate::metrics::Direction;
 use crate::queue::{Lease, StoredMessage};
 use crate::smtp::client::{Body, Client, Dsn, Event, TlsPolicy, Transaction, Wait};
 use crate::smtp::reply::Reply;
@@ -157,10 +158,12 @@ impl Server {
         let stream = match stream {
             Ok(stream) => stream,
             Err(e) => {
+                self.metrics.outbound_connection(false);
                 let reply = Reply::local(451, "4.4.1", &format!("connect to {label}: {e}"));
                 return self.hop_failed(hop, addr, reply);
             }
         };
+        self.metrics.outbound_open.inc();
         let deadline = self.now + self.timeouts.connect;
         let policy = if self.tls.required {
             TlsPolicy::Required
@@ -245,10 +248,12 @@ impl Server {
                 Ok(Some(e)) | Err(e) => Some(e),
             };
             if let Some(e) = error {
+                self.metrics.outbound_connection(false);
                 let reply = Reply::local(451, "4.4.1", &format!("connect to {}: {e}", conn.label));
                 return self.out_failed(key, reply);
             }
             conn.connected = true;
+            self.metrics.outbound_connection(true);
         }
         loop {
             let Some(conn) = self.out.get_mut(key) else {
@@ -299,7 +304,16 @@ impl Server {
                 }
                 continue;
             }
-            match conn.transport.read(&mut self.scratch) {
+            let handshaking = conn.transport.is_handshaking();
+            let read = conn.transport.read(&mut self.scratch);
+            if handshaking {
+                if !conn.transport.is_handshaking() {
+                    self.metrics.handshake(Direction::outbound, true);
+                } else if super::inbound::handshake_failed(&read) {
+                    self.metrics.handshake(Direction::outbound, false);
+                }
+            }
+            match read {
                 Ok(0) => {
                     let reply = Reply::local(
                         451,
@@ -443,6 +457,7 @@ impl Server {
                     hostname,
                     self.honor_routes,
                 );
+                self.metrics.outbound_transactions.inc();
                 conn.job = Some(job);
                 conn.idle = false;
             }
@@ -472,6 +487,7 @@ impl Server {
             hostname,
             self.honor_routes,
         );
+        self.metrics.outbound_transactions.inc();
         conn.next = Some(job);
     }
 
@@ -532,6 +548,7 @@ impl Server {
             return;
         }
         let conn = self.out.remove(key);
+        self.metrics.outbound_open.dec();
         self.out_deadlines.remove(&(conn.deadline, key));
         debug!("closed outbound {key} to {} [{}]", conn.hop, conn.addr);
         for job in [conn.job, conn.next].into_iter().flatten() {
@@ -658,6 +675,7 @@ impl Server {
             let what = if conn.connected {
                 "a reply"
             } else {
+                self.metrics.outbound_connection(false);
                 "the connection"
             };
             let reply = Reply::local(

@@ -29,8 +29,9 @@ const KEEP_IN_MEMORY: usize = 16 * 1024;
 /// once this much room has come free: each lease is a transaction of its
 /// own (an fsync), which one per few finished jobs would make the pace.
 const LEASE_CHUNK: usize = MAX_JOBS / 4;
-/// Look at the queue at least this often, for changes made from outside.
-const SCAN_EVERY: Duration = Duration::from_secs(2);
+/// Look at the queue at least this often, for changes made from outside
+/// (`mailhop sendmail` writes there: its mail goes within a second).
+const SCAN_EVERY: Duration = Duration::from_secs(1);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const PRUNE_ROWS: usize = 1000;
 
@@ -65,6 +66,14 @@ impl Server {
             }
         };
         let full = room > 0 && leases.iter().map(|l| l.recipients.len()).sum::<usize>() >= room;
+        for r in leases.iter().flat_map(|l| &l.recipients) {
+            if r.was_deferred {
+                self.depth.deferred -= 1;
+            } else {
+                self.depth.queued -= 1;
+            }
+            self.depth.active += 1;
+        }
         let mut hops = Vec::new();
         for lease in leases {
             if let Some(hop) = self.start(lease) {
@@ -119,9 +128,12 @@ impl Server {
     /// operator's retry is not held back until the hop's own retry time.
     fn notice_operator_retries(&mut self) {
         match self.queue.changed_elsewhere() {
-            Ok(true) if !self.hosts.is_empty() => {}
-            Ok(_) => return,
+            Ok(true) => self.recount_depth(),
+            Ok(false) => return,
             Err(e) => return error!("watching the queue: {e}"),
+        }
+        if self.hosts.is_empty() {
+            return;
         }
         let retries = match self.queue.host_retries() {
             Ok(retries) => retries,

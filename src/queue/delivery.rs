@@ -18,7 +18,8 @@ use super::{
 
 /// Due work, oldest first; served by the partial index `recipients_due`.
 pub(super) const LEASE_SQL: &str =
-    "SELECT id, message_id, next_hop, recipient, forward_path, attempts, notify, orcpt
+    "SELECT id, message_id, next_hop, recipient, forward_path, attempts, notify, orcpt,
+            status = 'deferred'
      FROM recipients
      WHERE status IN ('queued', 'deferred') AND next_attempt <= ?1
      ORDER BY next_attempt
@@ -253,6 +254,7 @@ impl Queue {
                                 .get::<_, Option<String>>(6)?
                                 .and_then(|n| Notify::parse(n.as_bytes())),
                             orcpt: r.get(7)?,
+                            was_deferred: r.get(8)?,
                         },
                     ))
                 })?

@@ -190,6 +190,8 @@ pub struct LeasedRecipient {
     /// `NOTIFY=` and `ORCPT=` as received (RFC 3461).
     pub notify: Option<Notify>,
     pub orcpt: Option<String>,
+    /// It was `deferred` before the lease (else `queued`).
+    pub was_deferred: bool,
 }
 
 /// Due recipients of one message that share a next hop: one transaction.
@@ -427,6 +429,7 @@ fn insert(
                 attempts: 0,
                 notify: r.notify,
                 orcpt: r.orcpt.clone(),
+                was_deferred: false,
             };
             match leases[first..]
                 .iter_mut()

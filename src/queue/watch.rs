@@ -39,3 +39,56 @@ impl Queue {
             .collect()
     }
 }
+
+/// Pending recipients by status, in the order `[queued, deferred, active,
+/// held]`; served by the partial index `recipients_pending_hop` (as large
+/// as the backlog, not the history). `serve` counts once at start and when
+/// another process changed the queue, and keeps the counts itself between.
+const PENDING_COUNTS_SQL: &str = "SELECT status, count(*) FROM recipients
+     WHERE (status = 'queued' OR status = 'deferred' OR status = 'active' OR status = 'held')
+     GROUP BY status";
+
+/// The first pending recipient row is of the oldest pending message (rows
+/// are added in the order mail is accepted); the partial index holds only
+/// the backlog.
+const OLDEST_PENDING_SQL: &str = "SELECT m.received_at FROM messages AS m
+     WHERE m.id = (SELECT message_id FROM recipients
+                   WHERE id = (SELECT min(id) FROM recipients
+                               WHERE (status = 'queued' OR status = 'deferred' OR status = 'active' OR status = 'held')))";
+
+impl Queue {
+    pub fn pending_counts(&self) -> Result<[i64; 4], QueueError> {
+        let rows: Vec<(String, i64)> = self
+            .conn
+            .prepare_cached(PENDING_COUNTS_SQL)
+            .and_then(|mut stmt| {
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(sql("count pending recipients"))?;
+        let mut counts = [0; 4];
+        for (status, n) in rows {
+            let i = match status.as_str() {
+                "queued" => 0,
+                "deferred" => 1,
+                "active" => 2,
+                _ => 3,
+            };
+            counts[i] = n;
+        }
+        Ok(counts)
+    }
+
+    /// When the oldest message still waiting for a recipient arrived.
+    pub fn oldest_pending(&self) -> Result<Option<SystemTime>, QueueError> {
+        let at: Option<String> = self
+            .conn
+            .prepare_cached(OLDEST_PENDING_SQL)
+            .and_then(|mut stmt| {
+                use rusqlite::OptionalExtension;
+                stmt.query_row([], |r| r.get(0)).optional()
+            })
+            .map_err(sql("oldest pending message"))?;
+        at.map(|t| parse_time(&t)).transpose()
+    }
+}

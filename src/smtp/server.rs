@@ -154,6 +154,79 @@ struct Chunk {
     last: bool,
 }
 
+/// Which command a reply answered: the loop counts replies by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Greeting,
+    Helo,
+    Ehlo,
+    Mail,
+    Rcpt,
+    Data,
+    /// The reply after the final dot, or to BDAT LAST.
+    DataEnd,
+    Bdat,
+    Rset,
+    Noop,
+    Quit,
+    Vrfy,
+    Help,
+    StartTls,
+    Auth,
+    /// Unknown or unimplemented commands, over-long lines, timeouts.
+    Other,
+}
+
+impl Verb {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verb::Greeting => "greeting",
+            Verb::Helo => "HELO",
+            Verb::Ehlo => "EHLO",
+            Verb::Mail => "MAIL",
+            Verb::Rcpt => "RCPT",
+            Verb::Data => "DATA",
+            Verb::DataEnd => "data_end",
+            Verb::Bdat => "BDAT",
+            Verb::Rset => "RSET",
+            Verb::Noop => "NOOP",
+            Verb::Quit => "QUIT",
+            Verb::Vrfy => "VRFY",
+            Verb::Help => "HELP",
+            Verb::StartTls => "STARTTLS",
+            Verb::Auth => "AUTH",
+            Verb::Other => "other",
+        }
+    }
+
+    fn of(command: &Command<'_>) -> Verb {
+        match command {
+            Command::Helo(_) => Verb::Helo,
+            Command::Ehlo(_) => Verb::Ehlo,
+            Command::Mail { .. } => Verb::Mail,
+            Command::Rcpt { .. } => Verb::Rcpt,
+            Command::Data => Verb::Data,
+            Command::Bdat { last: true, .. } => Verb::DataEnd,
+            Command::Bdat { .. } => Verb::Bdat,
+            Command::Rset => Verb::Rset,
+            Command::Noop => Verb::Noop,
+            Command::Quit => Verb::Quit,
+            Command::Vrfy => Verb::Vrfy,
+            Command::Help => Verb::Help,
+            Command::StartTls => Verb::StartTls,
+            Command::Auth { .. } => Verb::Auth,
+            Command::NotImplemented(_) => Verb::Other,
+        }
+    }
+}
+
+/// A reply the session wrote: what it answered and its code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub verb: Verb,
+    pub code: u16,
+}
+
 #[derive(Debug)]
 pub struct Session {
     state: State,
@@ -173,6 +246,10 @@ pub struct Session {
     out: Vec<u8>,
     accepted: Option<Message>,
     discarded: Option<String>,
+    /// What the replies being written answer.
+    answering: Verb,
+    /// Replies written since the loop last took them (`take_sent`).
+    sent: Vec<Sent>,
 }
 
 impl Session {
@@ -181,6 +258,7 @@ impl Session {
     pub fn new(settings: &Settings, client: IpAddr, tls: bool) -> Session {
         let mut session = Session::silent(client, tls);
         session.out.extend_from_slice(settings.greeting.as_bytes());
+        session.note_sent(220);
         session
     }
 
@@ -206,7 +284,21 @@ impl Session {
             out: Vec::new(),
             accepted: None,
             discarded: None,
+            answering: Verb::Greeting,
+            sent: Vec::new(),
         }
+    }
+
+    /// The replies written since the last call, for counting.
+    pub fn take_sent(&mut self) -> std::vec::Drain<'_, Sent> {
+        self.sent.drain(..)
+    }
+
+    fn note_sent(&mut self, code: u16) {
+        self.sent.push(Sent {
+            verb: self.answering,
+            code,
+        });
     }
 
     /// Bytes waiting to be written to the client; the caller drains it.
@@ -361,6 +453,10 @@ impl Session {
             pos += lf + 1;
             let line = &rest[..lf];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
+            self.answering = match self.state {
+                State::Auth(_) => Verb::Auth,
+                _ => Verb::Other,
+            };
             let limit = match self.state {
                 State::Auth(_) => MAX_MAIL_RCPT_LINE,
                 _ => line_limit(line),
@@ -395,6 +491,7 @@ impl Session {
     /// The client was idle too long.
     pub fn timeout(&mut self, settings: &Settings) {
         if !self.is_closed() {
+            self.answering = Verb::Other;
             self.close_with(&format!(
                 "421 4.4.2 {} Error: timeout exceeded",
                 settings.hostname
@@ -407,6 +504,7 @@ impl Session {
     pub fn shutdown(&mut self, settings: &Settings) {
         self.shutting_down = true;
         if !self.in_transaction_data() && !self.is_closed() {
+            self.answering = Verb::Other;
             self.close_with(&format!(
                 "421 4.3.2 {} Service shutting down",
                 settings.hostname
@@ -428,6 +526,7 @@ impl Session {
                 return self.error(&format!("555 5.5.4 Unsupported option: {what}"))
             }
         };
+        self.answering = Verb::of(&command);
         if matches!(self.state, State::Chunked(..)) {
             match command {
                 Command::Bdat { .. }
@@ -453,6 +552,7 @@ impl Session {
                 if self.esmtp {
                     let _ = write!(self.out_str(), "250-{}\r\n", settings.hostname);
                     settings.write_extensions(&mut self.out, self.tls);
+                    self.note_sent(250);
                 } else {
                     self.reply(&format!("250 2.0.0 {}", settings.hostname));
                 }
@@ -651,8 +751,7 @@ impl Session {
         let settings = env.settings;
         let reader = DataReader::new(settings.max_message_size, settings.bare_lf);
         self.state = State::Data(txn, reader);
-        self.out
-            .extend_from_slice(b"354 End data with <CR><LF>.<CR><LF>\r\n");
+        self.reply("354 End data with <CR><LF>.<CR><LF>");
     }
 
     /// The message begins: its queue ID, and our `Received:` line first.
@@ -738,6 +837,7 @@ impl Session {
         };
         self.state = State::Chunked(txn, reader);
         let _ = write!(self.out_str(), "250 2.0.0 Ok: {} octets\r\n", chunk.size);
+        self.note_sent(250);
     }
 
     /// A BDAT transaction ends without its LAST chunk (RSET, EHLO, QUIT,
@@ -751,6 +851,7 @@ impl Session {
     }
 
     fn end_of_data(&mut self, env: &mut Env<'_>) {
+        self.answering = Verb::DataEnd;
         let State::Data(txn, reader) = std::mem::replace(&mut self.state, State::Ready) else {
             unreachable!("end of data outside DATA")
         };
@@ -787,6 +888,7 @@ impl Session {
     fn reply(&mut self, line: &str) {
         self.out.extend_from_slice(line.as_bytes());
         self.out.extend_from_slice(b"\r\n");
+        self.note_sent(reply_code(line));
     }
 
     /// Replies that count towards the hard error limit.
@@ -806,6 +908,11 @@ impl Session {
     fn out_str(&mut self) -> OutWriter<'_> {
         OutWriter(&mut self.out)
     }
+}
+
+/// The code of a reply line this machine wrote (always three digits).
+fn reply_code(line: &str) -> u16 {
+    line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
 
 /// `fmt::Write` into the output buffer, so replies format without a temporary.
