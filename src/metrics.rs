@@ -298,11 +298,19 @@ impl Metrics {
         Metrics { registry: r, ..m }
     }
 
-    /// The text exposition (OpenMetrics, which Prometheus's text parsers
-    /// read too), ending in `# EOF`.
-    pub fn encode(&self, out: &mut String) {
+    /// The OpenMetrics text exposition, ending in `# EOF`.
+    pub fn encode_openmetrics(&self, out: &mut String) {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(out, &self.registry);
+    }
+
+    /// The Prometheus text format (0.0.4), for scrapers that do not ask
+    /// for OpenMetrics: there a counter's HELP and TYPE name the sample
+    /// (`x_total`), and there is no `# EOF` or `# UNIT`.
+    pub fn encode_text(&self, out: &mut String) {
+        let mut openmetrics = String::with_capacity(16 * 1024);
+        self.encode_openmetrics(&mut openmetrics);
+        to_text_format(&openmetrics, out);
     }
 
     pub fn refused(&self, reason: &'static str) {
@@ -416,7 +424,82 @@ impl Metrics {
     }
 }
 
+/// OpenMetrics text to Prometheus text format 0.0.4 (see `encode_text`).
+fn to_text_format(openmetrics: &str, out: &mut String) {
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            if let Some(h) = help.replace(line) {
+                out.push_str(h);
+                out.push('\n');
+            }
+            continue;
+        }
+        let counter = line
+            .strip_prefix("# TYPE ")
+            .and_then(|t| t.strip_suffix(" counter"));
+        match (counter, help.take()) {
+            (Some(name), help) => {
+                if let Some(h) = help {
+                    let doc = h.strip_prefix("# HELP ").unwrap_or(h);
+                    let doc = doc.strip_prefix(name).unwrap_or(doc);
+                    out.push_str(&format!("# HELP {name}_total{doc}\n"));
+                }
+                out.push_str(&format!("# TYPE {name}_total counter\n"));
+            }
+            (None, help) => {
+                if let Some(h) = help {
+                    out.push_str(h);
+                    out.push('\n');
+                }
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+}
+
 /// Seconds, for the histograms.
 pub fn seconds(d: Duration) -> f64 {
     d.as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format_names_counters_by_their_samples() {
+        let om = "# HELP mailhop_x Things.\n# TYPE mailhop_x counter\nmailhop_x_total 3\n\
+                  # HELP mailhop_g Now.\n# TYPE mailhop_g gauge\nmailhop_g 1\n# EOF\n";
+        let mut text = String::new();
+        to_text_format(om, &mut text);
+        assert_eq!(
+            text,
+            "# HELP mailhop_x_total Things.\n# TYPE mailhop_x_total counter\nmailhop_x_total 3\n\
+             # HELP mailhop_g Now.\n# TYPE mailhop_g gauge\nmailhop_g 1\n"
+        );
+    }
+
+    #[test]
+    fn next_hops_past_the_bound_count_as_other() {
+        let mut m = Metrics::new();
+        for i in 0..MAX_HOP_LABELS + 5 {
+            m.outcome(&format!("hop{i}.test"), Outcome::Delivered, true);
+        }
+        m.outcome("hop0.test", Outcome::Deferred, true);
+        let mut text = String::new();
+        m.encode_text(&mut text);
+        let attempts: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("mailhop_delivery_attempts_total{"))
+            .collect();
+        assert_eq!(attempts.len(), MAX_HOP_LABELS + 1, "{attempts:?}");
+        assert!(text.contains("mailhop_delivery_attempts_total{next_hop=\"other\"} 5\n"));
+        assert!(text.contains("mailhop_delivery_attempts_total{next_hop=\"hop0.test\"} 2\n"));
+        assert!(m.hops.len() <= MAX_HOP_LABELS + 1);
+    }
 }

@@ -221,10 +221,15 @@ impl Server {
         }
         self.refresh_gauges();
         let mut text = String::with_capacity(16 * 1024);
-        self.metrics.encode(&mut text);
+        let openmetrics = what.ends_with("om");
+        if openmetrics {
+            self.metrics.encode_openmetrics(&mut text);
+        } else {
+            self.metrics.encode_text(&mut text);
+        }
         Answer {
             status: "200 OK",
-            content_type: if what.ends_with("om") {
+            content_type: if openmetrics {
                 "application/openmetrics-text; version=1.0.0; charset=utf-8"
             } else {
                 "text/plain; version=0.0.4; charset=utf-8"

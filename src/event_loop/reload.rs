@@ -116,12 +116,7 @@ impl Server {
         }
         let key = entry.key();
         if let Ok(addr) = bound.socket.local_addr() {
-            let tls = if bound.implicit_tls {
-                " (implicit TLS)"
-            } else {
-                ""
-            };
-            info!("listening on {addr}{tls}");
+            info!("listening on {addr}");
         }
         entry.insert(bound);
         // Connections that came before the registration.

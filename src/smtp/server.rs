@@ -1061,6 +1061,39 @@ mod tests {
     const EXAMPLE_1: &[u8] = b"HELO Alpha.ARPA\r\nMAIL FROM:<Smith@Alpha.ARPA>\r\nRCPT TO:<Jones@Beta.ARPA>\r\nRCPT TO:<Green@Beta.ARPA>\r\nRCPT TO:<Brown@Beta.ARPA>\r\nDATA\r\nBlah blah blah...\r\n..etc. etc. etc.\r\n.\r\nQUIT\r\n";
 
     #[test]
+    fn every_reply_is_told_with_the_command_it_answers() {
+        let settings = settings("");
+        let mut ids = QueueIds::default();
+        let mut failures = Failures::default();
+        let mut session = Session::new(&settings, "192.0.2.9".parse().unwrap(), false);
+        let mut env = Env {
+            settings: &settings,
+            now: SystemTime::UNIX_EPOCH,
+            ids: &mut ids,
+            auth_failures: &mut failures,
+        };
+        let input = b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nDATA\r\nBOGUS\r\nRSET\r\nQUIT\r\n";
+        session.receive(input, &mut env);
+        let sent: Vec<(&str, u16)> = session
+            .take_sent()
+            .map(|s| (s.verb.name(), s.code))
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                ("greeting", 220),
+                ("EHLO", 250),
+                ("MAIL", 250),
+                ("DATA", 503),
+                ("other", 500),
+                ("RSET", 250),
+                ("QUIT", 221)
+            ]
+        );
+        assert_eq!(session.take_sent().count(), 0);
+    }
+
+    #[test]
     fn rfc821_example_1() {
         let s = settings("");
         let (out, accepted) = play(&s, [EXAMPLE_1]);

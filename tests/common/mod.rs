@@ -741,3 +741,55 @@ impl Drop for Postfix {
         }
     }
 }
+
+/// The metrics endpoint's address, from the `metrics on http://ADDR/metrics`
+/// line of the log.
+pub fn metrics_addr(mailhop: &Mailhop) -> SocketAddr {
+    let start = Instant::now();
+    loop {
+        let found = mailhop
+            .log()
+            .lines()
+            .filter_map(|l| l.split("metrics on http://").nth(1))
+            .filter_map(|a| a.trim().trim_end_matches("/metrics").parse().ok())
+            .next();
+        if let Some(addr) = found {
+            return addr;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no metrics line:\n{}",
+            mailhop.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One HTTP/1.1 request; the whole answer (the server closes after it).
+pub fn http_get(addr: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// `GET /metrics`: the samples, `name{labels}` (labels as printed) to value.
+pub fn scrape(addr: SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    let answer = http_get(
+        addr,
+        "GET /metrics HTTP/1.1\r\nHost: mailhop\r\nConnection: close\r\n\r\n",
+    );
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').expect("name value");
+            (name.to_string(), value.parse().expect("a number"))
+        })
+        .collect()
+}
