@@ -198,7 +198,7 @@ function timeseries(panel, body, data) {
                       grid: { stroke: "rgba(204,204,220,0.07)", width: 1 }, ticks: { show: false } };
   const softMin = (u, min, max) => [Math.min(0, min), max > 0 ? max * 1.1 : 1];
   const pad = (n) => String(n).padStart(2, "0");
-  const clock = (u, ticks, space, incr) => ticks.map((x) => {
+  const clock = (u, ticks, axis, space, incr) => ticks.map((x) => {
     const d = new Date(x * 1000);
     return `${pad(d.getHours())}:${pad(d.getMinutes())}${incr < 60 ? `:${pad(d.getSeconds())}` : ""}`;
   });
