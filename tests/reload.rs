@@ -59,7 +59,7 @@ fn certificate(dir: &Path, name: &str) -> CertificateDer<'static> {
 fn presents(addr: SocketAddr, cert: &CertificateDer<'static>) -> bool {
     let mut tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut read_reply = |tcp: &mut TcpStream| {
+    let read_reply = |tcp: &mut TcpStream| {
         let mut reply = Vec::new();
         let mut byte = [0u8; 1];
         // Whole lines until one without a dash after the code.
@@ -220,8 +220,7 @@ fn a_broken_config_is_refused_and_the_old_one_stays() {
         let line = mailhop
             .log()
             .lines()
-            .filter(|l| l.contains("reload refused"))
-            .last()
+            .rfind(|l| l.contains("reload refused"))
             .unwrap()
             .to_string();
         assert!(

@@ -16,23 +16,13 @@ import random
 import time
 
 os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
-from prometheus_client import (REGISTRY, CollectorRegistry, Counter, Gauge,  # noqa: E402
+from prometheus_client import (REGISTRY, Counter, Gauge,  # noqa: E402
                                Histogram, start_http_server)
 
-# mailhop has a counter and a gauge of one name (inbound_connections_total and
-# inbound_connections); one registry refuses that, so the two gauges get their own.
-GAUGES = CollectorRegistry()
-
-
-class Both:
-    def collect(self):
-        yield from REGISTRY.collect()
-        yield from GAUGES.collect()
 
 M = "mailhop_"
 inbound = Counter(M + "inbound_connections", "Inbound connections accepted")
-inbound_open = Gauge(M + "inbound_connections", "Inbound connections open",
-                     registry=GAUGES)
+inbound_open = Gauge(M + "inbound_sessions", "Inbound sessions open")
 refused = Counter(M + "inbound_refused", "Inbound connections refused", ["reason"])
 replies = Counter(M + "smtp_replies", "SMTP replies sent", ["command", "class"])
 msgs = Counter(M + "messages_accepted", "Messages accepted")
@@ -42,8 +32,7 @@ tls = Counter(M + "tls_handshakes", "TLS handshakes", ["direction"])
 tls_fail = Counter(M + "tls_handshake_failures", "TLS handshake failures", ["direction"])
 auth = Counter(M + "auth", "AUTH attempts", ["result"])
 out_conn = Counter(M + "outbound_connections", "Outbound connects", ["result"])
-out_open = Gauge(M + "outbound_connections", "Outbound connections open",
-                 registry=GAUGES)
+out_open = Gauge(M + "outbound_sessions", "Outbound sessions open")
 out_tx = Counter(M + "outbound_transactions", "Outbound transactions")
 attempts = Counter(M + "delivery_attempts", "Delivery attempts", ["next_hop"])
 rcpts = Counter(M + "recipients", "Recipient outcomes", ["next_hop", "outcome"])
@@ -142,7 +131,7 @@ def main():
     ap.add_argument("--listen", default="127.0.0.1:9325")
     args = ap.parse_args()
     host, port = args.listen.rsplit(":", 1)
-    start_http_server(int(port), addr=host, registry=Both())
+    start_http_server(int(port), addr=host, registry=REGISTRY)
     build.labels("0.0.0-fake").set(1)
     reloads.labels("failed")
     q = {"queued": 0.0, "active": 0.0, "deferred": 50.0, "held": 3.0}
