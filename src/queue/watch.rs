@@ -49,11 +49,12 @@ const PENDING_COUNTS_SQL: &str = "SELECT status, count(*) FROM recipients
      GROUP BY status";
 
 /// The first pending recipient row is of the oldest pending message (rows
-/// are added in the order mail is accepted); the partial index holds only
-/// the backlog.
+/// are added in the order mail is accepted). `INDEXED BY` the partial index,
+/// which holds only the backlog: left to itself SQLite walks the rowids from
+/// the start, through all the history kept.
 const OLDEST_PENDING_SQL: &str = "SELECT m.received_at FROM messages AS m
      WHERE m.id = (SELECT message_id FROM recipients
-                   WHERE id = (SELECT min(id) FROM recipients
+                   WHERE id = (SELECT min(id) FROM recipients INDEXED BY recipients_pending_hop
                                WHERE (status = 'queued' OR status = 'deferred' OR status = 'active' OR status = 'held')))";
 
 impl Queue {
