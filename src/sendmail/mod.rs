@@ -6,7 +6,7 @@
 //! - [`args`]: the command line (pure).
 //! - [`input`] and [`headers`]: standard input to the stored data, and the
 //!   header fields read and added on the way (pure).
-//! - [`store`]: spooling the data, then one commit with the envelope.
+//! - [`store`](mod@store): spooling the data, then one commit with the envelope.
 //! - [`session`]: `-bs`, the server's own SMTP machine on stdin/stdout.
 //! - [`user`]: who is sending.
 
