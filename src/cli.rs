@@ -1,5 +1,6 @@
 //! The command line (SPEC section 1).
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -22,6 +23,17 @@ pub enum Command {
     Queue(QueueArgs),
     /// Read a password on stdin, print a `name:hash` line for `[auth] users_file`.
     Passwd(PasswdArgs),
+    /// Queue a message like sendmail(1): `-t`, `-i`, `-f`, `-F`, `-bs`, ...
+    /// (also run as `sendmail` through a symlink).
+    #[command(disable_help_flag = true)]
+    Sendmail(SendmailArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SendmailArgs {
+    /// sendmail's own options and the recipients, read by `mailhop::sendmail`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<OsString>,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@
 //! - [`queue`]: the only SQL (with `schema/`).
 //! - [`policy`]: who may relay where, and each recipient's next hop.
 //! - [`config`] and [`cli`]: the TOML file and the command line.
+//! - [`sendmail`]: the sendmail command line, writing into the queue.
 
 pub mod auth;
 pub mod bounce;
@@ -22,5 +23,6 @@ pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod routing;
+pub mod sendmail;
 pub mod smtp;
 pub mod tls;

@@ -2,6 +2,7 @@
 
 mod admin;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -12,14 +13,28 @@ use mailhop::config::Config;
 use mailhop::event_loop::{self, Listener, Secrets, Server};
 use mailhop::queue::Queue;
 
+/// sendmail prints nothing on success: only warnings are logged.
+const SENDMAIL_LOG: &str = "warn";
+
 /// Bad command line or config (clap uses 2 as well).
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .target(env_logger::Target::Pipe(Box::new(mailhop::logbuf::Writer)))
-        .init();
-    match Cli::parse().command {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    // Run as `sendmail` (a symlink): every argument is sendmail's.
+    if args
+        .first()
+        .is_some_and(|argv0| mailhop::sendmail::invoked_as_sendmail(argv0))
+    {
+        init_logging(SENDMAIL_LOG);
+        return mailhop::sendmail::main(&args[1..]);
+    }
+    let command = Cli::parse_from(args).command;
+    init_logging(match command {
+        Command::Sendmail(_) => SENDMAIL_LOG,
+        _ => "info",
+    });
+    match command {
         Command::Serve(args) => serve(args),
         Command::CheckConfig(args) => match Config::load(args.config.as_deref()) {
             Ok(config) => {
@@ -30,7 +45,14 @@ fn main() -> ExitCode {
         },
         Command::Queue(args) => admin::run(args.command),
         Command::Passwd(args) => passwd(&args.name),
+        Command::Sendmail(args) => mailhop::sendmail::main(&args.args),
     }
+}
+
+fn init_logging(default: &str) {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .target(env_logger::Target::Pipe(Box::new(mailhop::logbuf::Writer)))
+        .init();
 }
 
 /// `mailhop passwd NAME`: one line of password from stdin (not echoed when

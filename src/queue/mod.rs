@@ -5,6 +5,7 @@ mod body;
 mod delivery;
 mod inspect;
 mod migrate;
+mod submit;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

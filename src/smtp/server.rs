@@ -4,7 +4,7 @@
 //! and queue IDs come in through [`Env`].
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::SystemTime;
 
 use memchr::memchr;
@@ -250,6 +250,9 @@ pub struct Session {
     answering: Verb,
     /// Replies written since the loop last took them (`take_sent`).
     sent: Vec<Sent>,
+    /// This machine's own user on the other end (`mailhop sendmail -bs`):
+    /// what our `Received:` line says instead of `mailhop`.
+    local: Option<String>,
 }
 
 impl Session {
@@ -259,6 +262,16 @@ impl Session {
         let mut session = Session::silent(client, tls);
         session.out.extend_from_slice(settings.greeting.as_bytes());
         session.note_sent(220);
+        session
+    }
+
+    /// A session with a user of this machine over a pipe (`mailhop
+    /// sendmail -bs`): from 127.0.0.1, trusted to relay like an
+    /// authenticated client, and named in our `Received:` line by
+    /// `software` (`mailhop sendmail -bs, userid 1000`).
+    pub fn local(settings: &Settings, software: String) -> Session {
+        let mut session = Session::new(settings, IpAddr::V4(Ipv4Addr::LOCALHOST), false);
+        session.local = Some(software);
         session
     }
 
@@ -286,6 +299,7 @@ impl Session {
             discarded: None,
             answering: Verb::Greeting,
             sent: Vec::new(),
+            local: None,
         }
     }
 
@@ -713,10 +727,12 @@ impl Session {
                 return self.error("553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter");
             }
         }
-        // Authenticated clients may relay anywhere, like trusted networks.
-        let decided = match self.user {
-            Some(_) => settings.policy.route(&path),
-            None => settings.policy.recipient(self.client, &path),
+        // Authenticated clients and local users may relay anywhere, like
+        // trusted networks.
+        let decided = if self.user.is_some() || self.local.is_some() {
+            settings.policy.route(&path)
+        } else {
+            settings.policy.recipient(self.client, &path)
         };
         match decided {
             Ok(mut recipient) => {
@@ -973,8 +989,11 @@ fn received_header(
     let date = chrono::DateTime::<chrono::Utc>::from(now).to_rfc2822();
     let from = format!("from {} ([{}])", session.helo, session.client);
     let by = format!(
-        "by {} (mailhop) with {} id {}",
-        settings.hostname, protocol, txn.id
+        "by {} ({}) with {} id {}",
+        settings.hostname,
+        session.local.as_deref().unwrap_or("mailhop"),
+        protocol,
+        txn.id
     );
     let rcpt = match txn.recipients.as_slice() {
         [only] => format!(" for <{}>", only.mailbox),
@@ -1171,6 +1190,36 @@ mod tests {
         assert_eq!(c.len(), 1 + 1 + 10 + 1, "{out}");
         assert_eq!(c.last(), Some(&"421"));
         assert!(out.ends_with("421 4.7.0 Error: too many errors\r\n"));
+    }
+
+    #[test]
+    fn a_local_user_may_relay_and_is_named_in_the_received_line() {
+        // No relay_networks at all: only the local session may relay.
+        let s = settings("");
+        let mut ids = QueueIds::default();
+        let mut failures = Failures::default();
+        let mut env = Env {
+            settings: &s,
+            now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            ids: &mut ids,
+            auth_failures: &mut failures,
+        };
+        let input = b"EHLO cron\r\nMAIL FROM:<alice@Beta.ARPA>\r\nRCPT TO:<x@far.example>\r\nDATA\r\nhi\r\n.\r\n";
+        let mut local = Session::local(&s, "mailhop sendmail -bs, userid 1000".into());
+        local.receive(input, &mut env);
+        let message = local.take_accepted().expect("relayed for the local user");
+        assert_eq!(message.client_ip.to_string(), "127.0.0.1");
+        assert_eq!(message.recipients[0].next_hop, "far.example");
+        let body = String::from_utf8_lossy(&message.body);
+        assert!(
+            body.starts_with("Received: from cron ([127.0.0.1]) by Beta.ARPA (mailhop sendmail -bs, userid 1000) with ESMTP id "),
+            "{body}"
+        );
+        let mut remote = Session::new(&s, "127.0.0.1".parse().unwrap(), false);
+        remote.receive(input, &mut env);
+        assert!(remote.take_accepted().is_none());
+        let out = String::from_utf8_lossy(remote.output());
+        assert!(out.contains("554 5.7.1 Relay access denied"), "{out}");
     }
 
     #[test]
