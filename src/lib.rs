@@ -21,5 +21,6 @@ pub mod message;
 pub mod policy;
 pub mod queue;
 pub mod routing;
+pub mod service;
 pub mod smtp;
 pub mod tls;

@@ -363,6 +363,7 @@ impl Server {
         for addr in self.local_addrs() {
             info!("listening on {addr}");
         }
+        crate::service::ready();
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
