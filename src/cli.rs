@@ -22,6 +22,18 @@ pub enum Command {
     Queue(QueueArgs),
     /// Read a password on stdin, print a `name:hash` line for `[auth] users_file`.
     Passwd(PasswdArgs),
+    /// Check the config, then tell the running `serve` to reload it (SIGHUP).
+    Reload(ReloadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// Check this config first (as `serve` would load it); if it is invalid, nothing is sent.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The pid file `serve --pid-file` wrote.
+    #[arg(long, value_name = "PATH", env = "MAILHOP_PID_FILE")]
+    pub pid_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +62,9 @@ pub struct ServeArgs {
     /// Use this host name instead of the config's `hostname`.
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
+    /// Write the process ID here once listening; refuse to start while it names a running mailhop.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -1,4 +1,4 @@
-//! Thin: command line -> config -> queue and listeners -> ctrlc -> run.
+//! Thin: command line -> config -> queue and listeners -> pid file -> ctrlc -> run.
 
 mod admin;
 
@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use log::{error, warn};
 
-use mailhop::cli::{Cli, Command, ServeArgs};
+use mailhop::cli::{Cli, Command, ReloadArgs, ServeArgs};
 use mailhop::config::Config;
 use mailhop::event_loop::{self, Listener, Secrets, Server};
+use mailhop::pidfile::PidFile;
 use mailhop::queue::Queue;
 
 /// Bad command line or config (clap uses 2 as well).
@@ -30,6 +31,21 @@ fn main() -> ExitCode {
         },
         Command::Queue(args) => admin::run(args.command),
         Command::Passwd(args) => passwd(&args.name),
+        Command::Reload(args) => reload(&args),
+    }
+}
+
+/// `mailhop reload`: config checked, then SIGHUP to the pid file's mailhop.
+fn reload(args: &ReloadArgs) -> ExitCode {
+    match mailhop::reload::reload(args.config.as_deref(), args.pid_file.as_deref()) {
+        Ok(pid) => {
+            println!("reload: sent SIGHUP to mailhop (pid {pid})");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mailhop: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 
@@ -114,6 +130,12 @@ fn serve(args: ServeArgs) -> ExitCode {
             Err(e) => return fatal(&format!("cannot listen on {addr}: {e}")),
         }
     }
+    // Written once bound, removed when this returns (a clean exit).
+    let pid_file = args.pid_file.or(mailhop::pidfile::DEFAULT.map(Into::into));
+    let _pid_file = match pid_file.as_deref().map(PidFile::create).transpose() {
+        Ok(pid_file) => pid_file,
+        Err(e) => return fatal(&e.to_string()),
+    };
     let server = match Server::new(&config, listeners, queue, Secrets { tls, users }) {
         Ok(server) => server,
         Err(e) => return fatal(&format!("cannot start the event loop: {e}")),
