@@ -10,6 +10,16 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as text, or as one JSON object per line (for log shippers).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        env = "MAILHOP_LOG_FORMAT",
+        default_value_t
+    )]
+    pub log_format: crate::logformat::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,6 +17,7 @@ pub mod delivery;
 pub mod dns;
 pub mod event_loop;
 pub mod logbuf;
+pub mod logformat;
 pub mod message;
 pub mod pidfile;
 pub mod policy;

@@ -17,10 +17,9 @@ use mailhop::queue::Queue;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .target(env_logger::Target::Pipe(Box::new(mailhop::logbuf::Writer)))
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    mailhop::logformat::init(cli.log_format);
+    match cli.command {
         Command::Serve(args) => serve(args),
         Command::CheckConfig(args) => match Config::load(args.config.as_deref()) {
             Ok(config) => {
