@@ -11,6 +11,16 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as text, or as one JSON object per line (for log shippers).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        env = "MAILHOP_LOG_FORMAT",
+        default_value_t
+    )]
+    pub log_format: crate::logformat::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -27,6 +37,8 @@ pub enum Command {
     /// (also run as `sendmail` through a symlink).
     #[command(disable_help_flag = true)]
     Sendmail(SendmailArgs),
+    /// Check the config, then tell the running `serve` to reload it (SIGHUP).
+    Reload(ReloadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -34,6 +46,16 @@ pub struct SendmailArgs {
     /// sendmail's own options and the recipients, read by `mailhop::sendmail`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
     pub args: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// Check this config first (as `serve` would load it); if it is invalid, nothing is sent.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The pid file `serve --pid-file` wrote.
+    #[arg(long, value_name = "PATH", env = "MAILHOP_PID_FILE")]
+    pub pid_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -62,6 +84,9 @@ pub struct ServeArgs {
     /// Use this host name instead of the config's `hostname`.
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
+    /// Write the process ID here once listening; refuse to start while it names a running mailhop.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

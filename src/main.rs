@@ -1,4 +1,4 @@
-//! Thin: command line -> config -> queue and listeners -> ctrlc -> run.
+//! Thin: command line -> config -> queue and listeners -> pid file -> ctrlc -> run.
 
 mod admin;
 
@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use log::{error, warn};
 
-use mailhop::cli::{Cli, Command, ServeArgs};
+use mailhop::cli::{Cli, Command, ReloadArgs, ServeArgs};
 use mailhop::config::Config;
 use mailhop::event_loop::{self, Listener, Secrets, Server};
+use mailhop::pidfile::PidFile;
 use mailhop::queue::Queue;
 
 /// sendmail prints nothing on success: only warnings are logged.
@@ -26,15 +27,13 @@ fn main() -> ExitCode {
         .first()
         .is_some_and(|argv0| mailhop::sendmail::invoked_as_sendmail(argv0))
     {
-        init_logging(SENDMAIL_LOG);
+        mailhop::logformat::init(mailhop::logformat::LogFormat::Text, SENDMAIL_LOG);
         return mailhop::sendmail::main(&args[1..]);
     }
-    let command = Cli::parse_from(args).command;
-    init_logging(match command {
-        Command::Sendmail(_) => SENDMAIL_LOG,
-        _ => "info",
-    });
-    match command {
+    let cli = Cli::parse_from(args);
+    let quiet = matches!(cli.command, Command::Sendmail(_));
+    mailhop::logformat::init(cli.log_format, if quiet { SENDMAIL_LOG } else { "info" });
+    match cli.command {
         Command::Serve(args) => serve(args),
         Command::CheckConfig(args) => match Config::load(args.config.as_deref()) {
             Ok(config) => {
@@ -46,13 +45,22 @@ fn main() -> ExitCode {
         Command::Queue(args) => admin::run(args.command),
         Command::Passwd(args) => passwd(&args.name),
         Command::Sendmail(args) => mailhop::sendmail::main(&args.args),
+        Command::Reload(args) => reload(&args),
     }
 }
 
-fn init_logging(default: &str) {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .target(env_logger::Target::Pipe(Box::new(mailhop::logbuf::Writer)))
-        .init();
+/// `mailhop reload`: config checked, then SIGHUP to the pid file's mailhop.
+fn reload(args: &ReloadArgs) -> ExitCode {
+    match mailhop::reload::reload(args.config.as_deref(), args.pid_file.as_deref()) {
+        Ok(pid) => {
+            println!("reload: sent SIGHUP to mailhop (pid {pid})");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mailhop: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 /// `mailhop passwd NAME`: one line of password from stdin (not echoed when
@@ -137,6 +145,12 @@ fn serve(args: ServeArgs) -> ExitCode {
             Err(e) => return fatal(&format!("cannot listen on {addr}: {e}")),
         }
     }
+    // Written once bound, removed when this returns (a clean exit).
+    let pid_file = args.pid_file.clone().or(config.pid_file.clone());
+    let _pid_file = match pid_file.as_deref().map(PidFile::create).transpose() {
+        Ok(pid_file) => pid_file,
+        Err(e) => return fatal(&e.to_string()),
+    };
     let mut server = match Server::new(&config, listeners, queue, secrets) {
         Ok(server) => server,
         Err(e) => return fatal(&format!("cannot start the event loop: {e}")),

@@ -274,3 +274,47 @@ fn listeners_come_and_go_and_their_sessions_finish() {
     sink.wait_for(3, Duration::from_secs(30));
     assert!(mailhop.log().contains(&format!("listening on {new}")));
 }
+
+#[test]
+fn mailhop_reload_finds_serve_by_the_configs_pid_file() {
+    let dir = tempdir();
+    let (first, second) = (Sink::start(), Sink::start());
+    let body = |sink: &Sink| format!("pid_file = \"mailhop.pid\"\n{}", routed_to(sink));
+    let mailhop = start_in(dir.path(), &body(&first));
+    let config = dir.path().join("mailhop.toml");
+    let pid_file = dir.path().join("mailhop.pid");
+    let start = Instant::now();
+    while !pid_file.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no pid file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        mailhop.child.id().to_string()
+    );
+    write_config(dir.path(), "\"127.0.0.1:0\"", &body(&second));
+    let out = std::process::Command::new(BIN)
+        .arg("reload")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sent SIGHUP"));
+    wait_log(&mailhop, "reloaded", 1);
+    let (reply, _) = one_transaction(mailhop.addr, "r@dst.test");
+    expect(&reply, "250");
+    second.wait_for(1, Duration::from_secs(30));
+    assert_eq!(first.count(), 0);
+    // An invalid config is refused before anything is sent.
+    std::fs::write(&config, "max_recipients = \"many\"\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("reload")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_recipients"));
+    assert_eq!(mailhop.log().matches("SIGHUP").count(), 1);
+}

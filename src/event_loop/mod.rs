@@ -425,6 +425,7 @@ impl Server {
         if let Some(addr) = self.metrics_addr() {
             info!("metrics on http://{addr}/metrics");
         }
+        crate::service::ready();
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
@@ -558,6 +559,7 @@ impl Server {
             return;
         }
         info!("shutting down: closing listeners, finishing messages in progress");
+        crate::service::stopping();
         self.shutdown = Some(self.now + SHUTDOWN_GRACE);
         for mut bound in self.listeners.drain() {
             let _ = self.poll.registry().deregister(&mut bound.socket);

@@ -30,6 +30,7 @@ impl Server {
         let Some(reloader) = self.reloader.as_mut() else {
             return warn!("SIGHUP: nothing to reload from");
         };
+        crate::service::reloading();
         info!("SIGHUP: reloading the config");
         let loaded = reloader();
         let result = loaded.and_then(|(config, secrets)| self.apply_reload(config, secrets));
@@ -43,6 +44,7 @@ impl Server {
                 error!("reload refused, still running on the previous config: {e}");
             }
         }
+        crate::service::ready();
     }
 
     fn apply_reload(&mut self, config: Config, secrets: Secrets) -> Result<(), String> {
