@@ -9,6 +9,8 @@
 //! - [`policy`]: who may relay where, and each recipient's next hop.
 //! - [`config`] and [`cli`]: the TOML file and the command line.
 //! - [`sendmail`]: the sendmail command line, writing into the queue.
+//! - [`metrics`]: what `GET /metrics` shows; [`service`], [`pidfile`] and
+//!   [`reload`]: running under systemd and `mailhop reload`.
 
 pub mod auth;
 pub mod bounce;
@@ -21,6 +23,7 @@ pub mod logbuf;
 pub mod logformat;
 pub mod message;
 pub mod metrics;
+pub mod mta_sts;
 pub mod pidfile;
 pub mod policy;
 pub mod queue;
