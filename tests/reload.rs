@@ -318,3 +318,29 @@ fn mailhop_reload_finds_serve_by_the_configs_pid_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_recipients"));
     assert_eq!(mailhop.log().matches("SIGHUP").count(), 1);
 }
+
+#[test]
+fn sessions_keep_the_limits_they_started_with() {
+    let dir = tempdir();
+    let sink = Sink::start();
+    let limits = |size: u32| format!("max_message_size = {size}\n{}", routed_to(&sink));
+    let mailhop = start_in(dir.path(), &limits(100_000));
+    let mut old = mailhop.connect();
+    expect(&old.reply(), "220");
+    assert!(old.cmd("EHLO old.test").contains("SIZE 100000"));
+    write_config(dir.path(), "\"127.0.0.1:0\"", &limits(2_000));
+    hup(&mailhop);
+    wait_log(&mailhop, "reloaded", 1);
+    let mut new = mailhop.connect();
+    expect(&new.reply(), "220");
+    assert!(new.cmd("EHLO new.test").contains("SIZE 2000"));
+    expect(&new.cmd("MAIL FROM:<a@src.test> SIZE=5000"), "552");
+    // The session from before the reload still has its old limit.
+    expect(&old.cmd("MAIL FROM:<a@src.test> SIZE=5000"), "250");
+    expect(&old.cmd("RCPT TO:<r@dst.test>"), "250");
+    expect(&old.cmd("DATA"), "354");
+    let body = format!("{}\r\n", "x".repeat(98)).repeat(50);
+    old.send(format!("Subject: big\r\n\r\n{body}.\r\n").as_bytes());
+    expect(&old.reply(), "250");
+    sink.wait_for(1, Duration::from_secs(30));
+}
