@@ -22,6 +22,10 @@ pub struct TlsSetup {
     /// Present when `cert` and `key` are set: STARTTLS is offered.
     pub server: Option<Arc<ServerConfig>>,
     pub client: Arc<ClientConfig>,
+    /// Verifies the server certificate and name: for `[routes]` tables
+    /// with `verify` (and `client` itself with `verify_outbound`). Present
+    /// when some route or `verify_outbound` needs it.
+    pub verified: Option<Arc<ClientConfig>>,
     /// `outbound = "required"`: no TLS, no delivery.
     pub required: bool,
 }
@@ -64,34 +68,64 @@ pub fn load(config: &Config) -> Result<TlsSetup, String> {
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("tls: {e}"))?;
-    let client = if config.tls.verify_outbound {
-        let mut roots = RootCertStore::empty();
-        match &config.tls.ca_file {
-            Some(ca) => {
-                let certs = CertificateDer::pem_file_iter(ca)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("tls.ca_file: {}: {e}", ca.display()))?;
-                roots.add_parsable_certificates(certs);
-            }
-            None => {
-                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-            }
+    let verifying_route = config
+        .routes
+        .iter()
+        .find(|r| r.options.as_ref().is_some_and(|o| o.verify));
+    let verified = match (config.tls.verify_outbound, verifying_route) {
+        (true, _) => Some(Arc::new(verifying(
+            builder.clone(),
+            config,
+            "tls.verify_outbound",
+        )?)),
+        (false, Some(route)) => {
+            let key = format!("routes.{:?}.verify", route.domain);
+            Some(Arc::new(verifying(builder.clone(), config, &key)?))
         }
-        if roots.is_empty() {
-            return Err("tls.verify_outbound: no trusted root certificates found".to_string());
-        }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    } else {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
-            .with_no_client_auth()
+        (false, None) => None,
+    };
+    let client = match &verified {
+        Some(verified) if config.tls.verify_outbound => verified.clone(),
+        _ => Arc::new(
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+                .with_no_client_auth(),
+        ),
     };
     Ok(TlsSetup {
         server,
-        client: Arc::new(client),
+        client,
+        verified,
         required: config.tls.outbound == TlsOutbound::Required,
     })
+}
+
+/// A client config that checks certificates against `[tls] ca_file` or
+/// the system's roots; `key` names who asked, for the error.
+fn verifying(
+    builder: rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>,
+    config: &Config,
+    key: &str,
+) -> Result<ClientConfig, String> {
+    let mut roots = RootCertStore::empty();
+    match &config.tls.ca_file {
+        Some(ca) => {
+            let certs = CertificateDer::pem_file_iter(ca)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("tls.ca_file: {}: {e}", ca.display()))?;
+            roots.add_parsable_certificates(certs);
+        }
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "{key}: no trusted root certificates found (set [tls] ca_file)"
+        ));
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// The name a next hop is verified against: the MX host name, or its
