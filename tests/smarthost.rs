@@ -1,0 +1,308 @@
+//! A `[routes]` table to a smarthost that demands AUTH over TLS: a second
+//! mailhop with a certificate, an account and no trusted networks plays
+//! the provider (STARTTLS on its plain listener, implicit TLS on another).
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const USER: &str = "relay-user";
+/// Distinctive, so that finding it anywhere is no accident.
+const PASSWORD: &str = "Sm4rt-h0st-pa55word";
+
+/// A certificate for localhost/127.0.0.1, written as cert.pem and key.pem.
+fn certificate(dir: &Path) {
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    std::fs::write(dir.join("cert.pem"), made.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), made.signing_key.serialize_pem()).unwrap();
+}
+
+/// `mailhop passwd NAME` with `password` on stdin; its output line.
+fn passwd(name: &str, password: &str) -> String {
+    let mut child = Command::new(BIN)
+        .args(["passwd", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The provider: relays only for `relay-user` (AUTH only over TLS), keeps
+/// what it accepts in its queue (its own next hop is a closed port).
+/// Returns it, its STARTTLS address and its implicit-TLS address.
+fn smarthost(dir: &Path) -> (Mailhop, std::net::SocketAddr, std::net::SocketAddr) {
+    certificate(dir);
+    std::fs::write(dir.join("users"), passwd(USER, PASSWORD)).unwrap();
+    let mailhop = start_in(
+        dir,
+        "hostname = \"smart.test\"\nrelay_networks = []\nmaildir = \"/dev/null/mail\"\n\
+         [routes]\n\"*\" = \"127.0.0.1:9\"\n[retry]\nschedule = [\"1h\"]\n\
+         [tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\nimplicit_listen = [\"127.0.0.1:0\"]\n\
+         [auth]\nusers_file = \"users\"\n",
+    );
+    let addrs = mailhop.listening(2);
+    (mailhop, addrs[0], addrs[1])
+}
+
+/// The relay under test, routing everything through `route` (a TOML
+/// table), trusting the smarthost's certificate, with `password` in its
+/// password file.
+fn relay(dir: &Path, smarthost_dir: &Path, route: &str, password: &str) -> Mailhop {
+    std::fs::copy(smarthost_dir.join("cert.pem"), dir.join("ca.pem")).unwrap();
+    std::fs::write(dir.join("smarthost.secret"), format!("{password}\n")).unwrap();
+    start_in(
+        dir,
+        &format!(
+            "hostname = \"alpha.test\"\n[routes]\n\"*\" = {route}\n[tls]\nca_file = \"ca.pem\"\n[retry]\nschedule = [\"1h\"]\n"
+        ),
+    )
+}
+
+fn send_one(mailhop: &Mailhop) -> String {
+    let mut c = mailhop.connect();
+    c.reply();
+    c.cmd("EHLO client.test");
+    expect(&c.cmd("MAIL FROM:<sender@client.test>"), "250");
+    expect(&c.cmd("RCPT TO:<u@final.test>"), "250");
+    expect(&c.cmd("DATA"), "354");
+    c.send(b"Subject: via the smarthost\r\n\r\nhi\r\n.\r\n");
+    queued_id(&c.reply())
+}
+
+/// Polls `sql` on `db` until it returns something, for up to 30 s.
+fn wait_rows(db: &Path, sql: &str) -> Vec<String> {
+    let conn = open_queue(db);
+    let start = Instant::now();
+    loop {
+        let got = rows(&conn, sql);
+        if !got.is_empty() || start.elapsed() > Duration::from_secs(30) {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Nowhere in the log, the queue files or `check-config` output.
+fn password_nowhere(mailhop: &Mailhop, dir: &Path) {
+    let log = mailhop.log();
+    assert!(
+        !log.contains(PASSWORD),
+        "the password is in the log:\n{log}"
+    );
+    for name in ["queue.db", "queue.db-wal", "queue.db-shm"] {
+        let Ok(bytes) = std::fs::read(dir.join(name)) else {
+            continue;
+        };
+        let found = bytes
+            .windows(PASSWORD.len())
+            .any(|w| w == PASSWORD.as_bytes());
+        assert!(!found, "the password is in {name}");
+    }
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(dir.join("mailhop.toml"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "password_file = \"{}\"",
+            dir.join("smarthost.secret").display()
+        )),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(PASSWORD) && !stderr.contains(PASSWORD));
+}
+
+#[test]
+fn relayed_through_the_smarthost_after_starttls_and_auth() {
+    let dir_s = tempdir();
+    let (smart, starttls, _) = smarthost(dir_s.path());
+    let dir = tempdir();
+    let route = format!(
+        "{{ host = \"{starttls}\", tls = \"required\", auth = \"{USER}\", password_file = \"smarthost.secret\" }}"
+    );
+    let alpha = relay(dir.path(), dir_s.path(), &route, PASSWORD);
+    let id = send_one(&alpha);
+    // The smarthost took it as a client that had authenticated over TLS:
+    // with relay_networks = [] nothing else may relay there.
+    let bodies = wait_rows(&smart.queue_path(), "SELECT body FROM messages");
+    assert_eq!(bodies.len(), 1, "{}\n{}", alpha.log(), smart.log());
+    assert!(
+        bodies[0].contains("by smart.test (mailhop) with ESMTPSA id"),
+        "{}",
+        bodies[0]
+    );
+    let done = wait_rows(
+        &alpha.queue_path(),
+        &format!("SELECT status, next_hop FROM deliveries WHERE id = '{id}'"),
+    );
+    assert_eq!(done, [format!("delivered|{starttls}")], "{}", alpha.log());
+    password_nowhere(&alpha, dir.path());
+}
+
+#[test]
+fn a_wrong_password_defers_and_the_hop_is_failing() {
+    let dir_s = tempdir();
+    let (smart, starttls, _) = smarthost(dir_s.path());
+    let dir = tempdir();
+    let route = format!(
+        "{{ host = \"{starttls}\", tls = \"required\", auth = \"{USER}\", password_file = \"smarthost.secret\" }}"
+    );
+    let alpha = relay(dir.path(), dir_s.path(), &route, "not-the-password");
+    let id = send_one(&alpha);
+    let db = alpha.queue_path();
+    let queued = wait_rows(
+        &db,
+        &format!("SELECT status, last_reply FROM queue WHERE id = '{id}' AND attempts > 0"),
+    );
+    assert_eq!(queued.len(), 1, "{}", alpha.log());
+    assert!(
+        queued[0].starts_with("deferred|451 4.7.0 ") && queued[0].contains("535"),
+        "{queued:?}"
+    );
+    let attempts = wait_rows(
+        &db,
+        &format!("SELECT reply FROM attempts WHERE id = '{id}'"),
+    );
+    assert!(attempts.iter().any(|r| r.contains("535")), "{attempts:?}");
+    let hosts = wait_rows(
+        &db,
+        &format!("SELECT state, last_error FROM hosts WHERE next_hop = '{starttls}'"),
+    );
+    assert_eq!(hosts.len(), 1);
+    assert!(
+        hosts[0].starts_with("failing|") && hosts[0].contains("535"),
+        "{hosts:?}"
+    );
+    // No bounce: the one message is all the queue holds.
+    let conn = open_queue(&db);
+    assert_eq!(rows(&conn, "SELECT count(*) FROM messages"), ["1"]);
+    assert_eq!(rows(&conn, "SELECT count(*) FROM deliveries"), ["0"]);
+    assert_eq!(
+        rows(
+            &open_queue(&smart.queue_path()),
+            "SELECT count(*) FROM messages"
+        ),
+        ["0"]
+    );
+    // What the wrong password was is not to be seen either.
+    assert!(!alpha.log().contains("not-the-password"), "{}", alpha.log());
+}
+
+#[test]
+fn implicit_tls_to_port_465_style_listener() {
+    let dir_s = tempdir();
+    let (smart, _, implicit) = smarthost(dir_s.path());
+    let dir = tempdir();
+    let route = format!(
+        "{{ host = \"{implicit}\", tls = \"implicit\", auth = \"{USER}\", password_file = \"smarthost.secret\" }}"
+    );
+    let alpha = relay(dir.path(), dir_s.path(), &route, PASSWORD);
+    let id = send_one(&alpha);
+    let bodies = wait_rows(&smart.queue_path(), "SELECT body FROM messages");
+    assert_eq!(bodies.len(), 1, "{}\n{}", alpha.log(), smart.log());
+    assert!(bodies[0].contains("with ESMTPSA id"), "{}", bodies[0]);
+    let done = wait_rows(
+        &alpha.queue_path(),
+        &format!("SELECT status FROM deliveries WHERE id = '{id}'"),
+    );
+    assert_eq!(done, ["delivered"], "{}", alpha.log());
+    password_nowhere(&alpha, dir.path());
+}
+
+#[test]
+fn an_unverified_certificate_is_refused_when_verify_is_on() {
+    // The relay trusts another certificate: with auth, verify is on by
+    // default, so the credentials never go to this server.
+    let dir_s = tempdir();
+    let (smart, starttls, _) = smarthost(dir_s.path());
+    let dir = tempdir();
+    let other = tempdir();
+    certificate(other.path());
+    let route = format!(
+        "{{ host = \"{starttls}\", tls = \"required\", auth = \"{USER}\", password_file = \"smarthost.secret\" }}"
+    );
+    let alpha = relay(dir.path(), other.path(), &route, PASSWORD);
+    let id = send_one(&alpha);
+    let queued = wait_rows(
+        &alpha.queue_path(),
+        &format!("SELECT status, last_reply FROM queue WHERE id = '{id}' AND attempts > 0"),
+    );
+    assert_eq!(queued.len(), 1, "{}", alpha.log());
+    assert!(
+        queued[0].starts_with("deferred|4") && queued[0].contains("certificate"),
+        "{queued:?}"
+    );
+    assert_eq!(
+        rows(
+            &open_queue(&smart.queue_path()),
+            "SELECT count(*) FROM messages"
+        ),
+        ["0"]
+    );
+}
+
+/// `check-config` on `routes`; its exit code and stderr.
+fn check(dir: &Path, routes: &str) -> (i32, String) {
+    let file = dir.join("m.toml");
+    std::fs::write(&file, format!("[routes]\n{routes}\n")).unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("smarthost.secret"), format!("{PASSWORD}\n")).unwrap();
+    let cases = [
+        (
+            "\"*\" = { host = \"smtp.example:587\", tls = \"opportunistic\", auth = \"u\", password_file = \"smarthost.secret\" }",
+            "routes.\"*\".tls: auth needs tls",
+        ),
+        (
+            "\"*\" = { host = \"smtp.example:587\", tls = \"required\", auth = \"u\", password_file = \"missing.secret\" }",
+            "routes.\"*\".password_file: cannot read",
+        ),
+        (
+            "\"*\" = { host = \"smtp.example:587\", tls = \"required\", user = \"u\" }",
+            "routes.\"*\".user: unknown key",
+        ),
+    ];
+    for (routes, needle) in cases {
+        let (code, err) = check(dir.path(), routes);
+        assert_eq!(code, 2, "{routes}: {err}");
+        assert!(err.contains(needle), "{routes}: {err}");
+        assert!(!err.contains(PASSWORD), "{err}");
+    }
+    // The string form keeps working.
+    let (code, err) = check(dir.path(), "\"example.org\" = \"127.0.0.1:2526\"");
+    assert_eq!(code, 0, "{err}");
+}
