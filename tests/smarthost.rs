@@ -251,7 +251,8 @@ fn an_unverified_certificate_is_refused_when_verify_is_on() {
     );
     assert_eq!(queued.len(), 1, "{}", alpha.log());
     assert!(
-        queued[0].starts_with("deferred|4") && queued[0].contains("certificate"),
+        queued[0].starts_with("deferred|451 4.7.5 TLS handshake with")
+            && queued[0].contains("certificate"),
         "{queued:?}"
     );
     assert_eq!(

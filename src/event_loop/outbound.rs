@@ -344,6 +344,18 @@ impl Server {
                     self.metrics.handshake(Direction::outbound, true);
                 } else if super::inbound::handshake_failed(&read) {
                     self.metrics.handshake(Direction::outbound, false);
+                    // A TLS problem (a bad certificate, say), not a
+                    // network one: 4.7.5 (RFC 3463 "cryptographic failure").
+                    let why = match &read {
+                        Err(e) => e.to_string(),
+                        _ => "closed by the server".to_string(),
+                    };
+                    let reply = Reply::local(
+                        451,
+                        "4.7.5",
+                        &format!("TLS handshake with {} failed: {why}", conn.label),
+                    );
+                    return self.out_failed(key, reply);
                 }
             }
             match read {
