@@ -307,3 +307,67 @@ fn config_errors_name_the_key() {
     let (code, err) = check(dir.path(), "\"example.org\" = \"127.0.0.1:2526\"");
     assert_eq!(code, 0, "{err}");
 }
+
+fn hup(mailhop: &Mailhop) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(mailhop.child.id() as i32, libc::SIGHUP) };
+}
+
+/// Waits for the `n`th log line containing `needle`.
+fn wait_log(mailhop: &Mailhop, needle: &str, n: usize) {
+    let start = Instant::now();
+    while mailhop.log().matches(needle).count() < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no {needle:?} in the log:\n{}",
+            mailhop.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn reload_reads_the_password_file_again() {
+    let dir_s = tempdir();
+    let (_smart, starttls, _) = smarthost(dir_s.path());
+    let dir = tempdir();
+    let route = format!(
+        "{{ host = \"{starttls}\", tls = \"required\", auth = \"{USER}\", password_file = \"smarthost.secret\" }}"
+    );
+    let alpha = relay(dir.path(), dir_s.path(), &route, PASSWORD);
+    let first = send_one(&alpha);
+    let db = alpha.queue_path();
+    let done = wait_rows(
+        &db,
+        &format!("SELECT status FROM deliveries WHERE id = '{first}'"),
+    );
+    assert_eq!(done, ["delivered"], "{}", alpha.log());
+    // Gone: the reload is refused, naming the key and the file.
+    let secret = dir.path().join("smarthost.secret");
+    std::fs::remove_file(&secret).unwrap();
+    hup(&alpha);
+    wait_log(&alpha, "reload refused", 1);
+    let log = alpha.log();
+    assert!(
+        log.contains("routes.\"*\".password_file: cannot read") && log.contains("smarthost.secret"),
+        "{log}"
+    );
+    // Another password: the next connection uses it (and is refused).
+    std::fs::write(&secret, "changed-and-wrong\n").unwrap();
+    hup(&alpha);
+    wait_log(&alpha, "reloaded", 1);
+    // A connection already open keeps the session it authenticated (idle
+    // ones are kept 5 s): the new password is for new connections.
+    std::thread::sleep(Duration::from_secs(6));
+    let second = send_one(&alpha);
+    let queued = wait_rows(
+        &db,
+        &format!("SELECT status, last_reply FROM queue WHERE id = '{second}' AND attempts > 0"),
+    );
+    assert_eq!(queued.len(), 1, "{}", alpha.log());
+    assert!(
+        queued[0].starts_with("deferred|451 4.7.0 ") && queued[0].contains("535"),
+        "{queued:?}"
+    );
+    assert!(!alpha.log().contains(PASSWORD) && !alpha.log().contains("changed-and-wrong"));
+}
