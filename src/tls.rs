@@ -26,6 +26,8 @@ pub struct TlsSetup {
     /// with `verify` (and `client` itself with `verify_outbound`). Present
     /// when some route or `verify_outbound` needs it.
     pub verified: Option<Arc<ClientConfig>>,
+    /// Takes any certificate: for `[routes]` tables with `verify = false`.
+    pub unverified: Arc<ClientConfig>,
     /// `outbound = "required"`: no TLS, no delivery.
     pub required: bool,
 }
@@ -84,19 +86,21 @@ pub fn load(config: &Config) -> Result<TlsSetup, String> {
         }
         (false, None) => None,
     };
+    let unverified = Arc::new(
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+            .with_no_client_auth(),
+    );
     let client = match &verified {
         Some(verified) if config.tls.verify_outbound => verified.clone(),
-        _ => Arc::new(
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
-                .with_no_client_auth(),
-        ),
+        _ => unverified.clone(),
     };
     Ok(TlsSetup {
         server,
         client,
         verified,
+        unverified,
         required: config.tls.outbound == TlsOutbound::Required,
     })
 }

@@ -264,6 +264,34 @@ fn an_unverified_certificate_is_refused_when_verify_is_on() {
     );
 }
 
+#[test]
+fn verify_false_takes_any_certificate_even_with_verify_outbound() {
+    let dir_s = tempdir();
+    let (smart, starttls, _) = smarthost(dir_s.path());
+    let dir = tempdir();
+    let other = tempdir();
+    certificate(other.path());
+    let route = format!(
+        "{{ host = \"{starttls}\", tls = \"required\", auth = \"{USER}\", password_file = \"smarthost.secret\", verify = false }}"
+    );
+    std::fs::copy(other.path().join("cert.pem"), dir.path().join("ca.pem")).unwrap();
+    std::fs::write(dir.path().join("smarthost.secret"), format!("{PASSWORD}\n")).unwrap();
+    let alpha = start_in(
+        dir.path(),
+        &format!(
+            "hostname = \"alpha.test\"\n[routes]\n\"*\" = {route}\n[tls]\nca_file = \"ca.pem\"\nverify_outbound = true\n"
+        ),
+    );
+    let id = send_one(&alpha);
+    let done = wait_rows(
+        &alpha.queue_path(),
+        &format!("SELECT status FROM deliveries WHERE id = '{id}'"),
+    );
+    assert_eq!(done, ["delivered"], "{}", alpha.log());
+    let bodies = wait_rows(&smart.queue_path(), "SELECT body FROM messages");
+    assert!(bodies[0].contains("with ESMTPSA id"), "{}", bodies[0]);
+}
+
 /// `check-config` on `routes`; its exit code and stderr.
 fn check(dir: &Path, routes: &str) -> (i32, String) {
     let file = dir.join("m.toml");

@@ -497,15 +497,14 @@ impl Server {
             Some((name, _)) => name.to_string(),
             None => addr.ip().to_string(),
         };
-        let verify = self.route_options.get(hop).is_some_and(|o| o.verify);
-        let config = match (&self.tls.verified, verify) {
-            (Some(verified), true) => verified.clone(),
-            (None, true) => {
-                return Err(io::Error::other(
-                    "no verifying TLS client (reload with [tls] ca_file)",
-                ))
-            }
-            (_, false) => self.tls.client.clone(),
+        let config = match self.route_options.get(hop).map(|o| o.verify) {
+            None => self.tls.client.clone(),
+            Some(false) => self.tls.unverified.clone(),
+            Some(true) => match &self.tls.verified {
+                Some(verified) => verified.clone(),
+                // tls::load builds it whenever a route verifies.
+                None => return Err(io::Error::other("no verifying TLS client configured")),
+            },
         };
         let name = crate::tls::server_name(&name)
             .ok_or_else(|| io::Error::other(format!("{name} is not a TLS server name")))?;
