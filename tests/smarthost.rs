@@ -399,3 +399,113 @@ fn reload_reads_the_password_file_again() {
     );
     assert!(!alpha.log().contains(PASSWORD) && !alpha.log().contains("changed-and-wrong"));
 }
+
+/// An aiosmtpd smarthost (another implementation): STARTTLS required,
+/// AUTH only over TLS; it records each AUTH (mechanism, user, password,
+/// whether TLS was on) and each message in files of `dir`.
+const AIOSMTPD: &str = r#"
+import ssl, sys, time
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+
+d, port, user, password = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ctx.load_cert_chain(d + "/cert.pem", d + "/key.pem")
+
+class Handler:
+    async def handle_DATA(self, server, session, envelope):
+        with open(d + "/messages", "a") as f:
+            f.write("%s %s %s\n" % (envelope.mail_from, ",".join(envelope.rcpt_tos), session.authenticated))
+        return "250 2.0.0 OK"
+
+def authenticator(server, session, envelope, mechanism, auth_data):
+    login = auth_data.login.decode()
+    secret = auth_data.password.decode()
+    with open(d + "/auths", "a") as f:
+        f.write("%s %s %s tls=%s\n" % (mechanism, login, secret, session.ssl is not None))
+    return AuthResult(success=(login == user and secret == password))
+
+c = Controller(Handler(), hostname="127.0.0.1", port=port, tls_context=ctx,
+               require_starttls=True, auth_required=True, auth_require_tls=True,
+               authenticator=authenticator)
+c.start()
+print("ready", flush=True)
+while True:
+    time.sleep(3600)
+"#;
+
+struct Python(std::process::Child);
+
+impl Drop for Python {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `file` until it has a line, for up to 30 s.
+fn wait_file(file: &Path) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if text.contains('\n') || start.elapsed() > Duration::from_secs(30) {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn aiosmtpd_smarthost_sees_auth_plain_over_tls() {
+    let test = "aiosmtpd_smarthost_sees_auth_plain_over_tls";
+    let have_it = Command::new("python3")
+        .args(["-c", "import aiosmtpd"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have_it {
+        return skip(
+            test,
+            "aiosmtpd not installed (python3 -m pip install aiosmtpd)",
+        );
+    }
+    let dir_s = tempdir();
+    certificate(dir_s.path());
+    let port = free_port();
+    let _server = Python(
+        Command::new("python3")
+            .args(["-c", AIOSMTPD])
+            .arg(dir_s.path())
+            .args([&port.to_string(), USER, PASSWORD])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        wait_listening(addr, Duration::from_secs(20)),
+        "aiosmtpd did not start"
+    );
+    let dir = tempdir();
+    let route = format!(
+        "{{ host = \"{addr}\", tls = \"required\", auth = \"{USER}\", password_file = \"smarthost.secret\" }}"
+    );
+    let alpha = relay(dir.path(), dir_s.path(), &route, PASSWORD);
+    let id = send_one(&alpha);
+    let messages = wait_file(&dir_s.path().join("messages"));
+    assert_eq!(
+        messages,
+        "sender@client.test u@final.test True\n",
+        "{}",
+        alpha.log()
+    );
+    // Both offered, PLAIN chosen; the right account; TLS already on.
+    let auths = std::fs::read_to_string(dir_s.path().join("auths")).unwrap();
+    assert_eq!(auths, format!("PLAIN {USER} {PASSWORD} tls=True\n"));
+    let done = wait_rows(
+        &alpha.queue_path(),
+        &format!("SELECT status FROM deliveries WHERE id = '{id}'"),
+    );
+    assert_eq!(done, ["delivered"], "{}", alpha.log());
+    password_nowhere(&alpha, dir.path());
+}
