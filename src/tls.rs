@@ -252,6 +252,30 @@ mod tests {
     }
 
     #[test]
+    fn a_verifying_route_gets_a_verifying_client() {
+        let dir = tempfile::tempdir().unwrap();
+        config_with_cert(dir.path());
+        let plain = Config::from_toml("", dir.path(), "t.toml").unwrap();
+        assert!(load(&plain).unwrap().verified.is_none());
+        let text = "[tls]\nca_file = \"cert.pem\"\n[routes]\n\"*\" = { host = \"[::1]:465\", tls = \"implicit\", verify = true }\n";
+        let config = Config::from_toml(text, dir.path(), "t.toml").unwrap();
+        let setup = load(&config).unwrap();
+        assert!(setup.verified.is_some());
+        // The global client stays as verify_outbound says.
+        assert!(!Arc::ptr_eq(
+            setup.verified.as_ref().unwrap(),
+            &setup.client
+        ));
+        assert!(Arc::ptr_eq(&setup.unverified, &setup.client));
+        // Nothing to trust: the error names the route's key.
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        let text = text.replace("cert.pem", "empty.pem");
+        let config = Config::from_toml(&text, dir.path(), "t.toml").unwrap();
+        let e = load(&config).err().unwrap();
+        assert!(e.starts_with("routes.\"*\".verify: no trusted root"), "{e}");
+    }
+
+    #[test]
     fn second_handshake_resumes() {
         let dir = tempfile::tempdir().unwrap();
         let setup = load(&config_with_cert(dir.path())).unwrap();
