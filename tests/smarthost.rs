@@ -74,6 +74,21 @@ fn relay(dir: &Path, smarthost_dir: &Path, route: &str, password: &str) -> Mailh
     )
 }
 
+/// As `relay`, logging everything (`RUST_LOG=trace`): the password must
+/// not show at any level.
+fn relay_traced(dir: &Path, smarthost_dir: &Path, route: &str) -> Mailhop {
+    std::fs::copy(smarthost_dir.join("cert.pem"), dir.join("ca.pem")).unwrap();
+    std::fs::write(dir.join("smarthost.secret"), format!("{PASSWORD}\n")).unwrap();
+    let text = format!(
+        "listen = [\"127.0.0.1:0\"]\nqueue = \"queue.db\"\nhostname = \"alpha.test\"\n\
+         [routes]\n\"*\" = {route}\n[tls]\nca_file = \"ca.pem\"\n[retry]\nschedule = [\"1h\"]\n\
+         [dns]\nservers = [\"127.0.0.1:9\"]\n"
+    );
+    let file = dir.join("mailhop.toml");
+    std::fs::write(&file, text).unwrap();
+    spawn_logging(dir, &["serve", "--config", file.to_str().unwrap()], "trace")
+}
+
 fn send_one(mailhop: &Mailhop) -> String {
     let mut c = mailhop.connect();
     c.reply();
@@ -101,6 +116,12 @@ fn wait_rows(db: &Path, sql: &str) -> Vec<String> {
 /// Nowhere in the log, the queue files or `check-config` output.
 fn password_nowhere(mailhop: &Mailhop, dir: &Path) {
     let log = mailhop.log();
+    // Nor as it goes on the wire (AUTH PLAIN and LOGIN are base64).
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    for wire in [b64(&format!("\0{USER}\0{PASSWORD}")), b64(PASSWORD)] {
+        assert!(!log.contains(&wire), "the encoded password is in the log");
+    }
     assert!(
         !log.contains(PASSWORD),
         "the password is in the log:\n{log}"
@@ -142,7 +163,7 @@ fn relayed_through_the_smarthost_after_starttls_and_auth() {
     let route = format!(
         "{{ host = \"{starttls}\", tls = \"required\", auth = \"{USER}\", password_file = \"smarthost.secret\" }}"
     );
-    let alpha = relay(dir.path(), dir_s.path(), &route, PASSWORD);
+    let alpha = relay_traced(dir.path(), dir_s.path(), &route);
     let id = send_one(&alpha);
     // The smarthost took it as a client that had authenticated over TLS:
     // with relay_networks = [] nothing else may relay there.
@@ -158,6 +179,8 @@ fn relayed_through_the_smarthost_after_starttls_and_auth() {
         &format!("SELECT status, next_hop FROM deliveries WHERE id = '{id}'"),
     );
     assert_eq!(done, [format!("delivered|{starttls}")], "{}", alpha.log());
+    // The log is at trace level: the AUTH exchange was logged as replies.
+    assert!(alpha.log().contains("<- 235"), "{}", alpha.log());
     password_nowhere(&alpha, dir.path());
 }
 
