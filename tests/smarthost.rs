@@ -255,6 +255,37 @@ fn implicit_tls_to_port_465_style_listener() {
 }
 
 #[test]
+fn implicit_tls_to_an_ipv6_literal() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        return skip("implicit_tls_to_an_ipv6_literal", "no IPv6 loopback");
+    }
+    let dir_s = tempdir();
+    certificate(dir_s.path());
+    std::fs::write(dir_s.path().join("users"), passwd(USER, PASSWORD)).unwrap();
+    let smart = start_in(
+        dir_s.path(),
+        "hostname = \"smart.test\"\nrelay_networks = []\nmaildir = \"/dev/null/mail\"\n\
+         [routes]\n\"*\" = \"127.0.0.1:9\"\n[retry]\nschedule = [\"1h\"]\n\
+         [tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\nimplicit_listen = [\"[::1]:0\"]\n\
+         [auth]\nusers_file = \"users\"\n",
+    );
+    let implicit = smart.listening(2)[1];
+    assert!(implicit.is_ipv6(), "{implicit}");
+    let dir = tempdir();
+    // The certificate names 127.0.0.1 and localhost, not ::1.
+    let route = format!(
+        "{{ host = \"{implicit}\", tls = \"implicit\", auth = \"{USER}\", password_file = \"smarthost.secret\", verify = false }}"
+    );
+    let alpha = relay(dir.path(), dir_s.path(), &route, PASSWORD);
+    let id = send_one(&alpha);
+    let done = wait_rows(
+        &alpha.queue_path(),
+        &format!("SELECT status FROM deliveries WHERE id = '{id}'"),
+    );
+    assert_eq!(done, ["delivered"], "{}", alpha.log());
+}
+
+#[test]
 fn an_unverified_certificate_is_refused_when_verify_is_on() {
     // The relay trusts another certificate: with auth, verify is on by
     // default, so the credentials never go to this server.

@@ -493,9 +493,11 @@ impl Server {
         Arc<rustls::ClientConfig>,
         rustls::pki_types::ServerName<'static>,
     )> {
+        // `mx.example[192.0.2.1]:25`, else an address alone (`[::1]:465`
+        // too: no name before the bracket).
         let name = match label.split_once('[') {
-            Some((name, _)) => name.to_string(),
-            None => addr.ip().to_string(),
+            Some((name, _)) if !name.is_empty() => name.to_string(),
+            _ => addr.ip().to_string(),
         };
         let config = match self.route_options.get(hop).map(|o| o.verify) {
             None => self.tls.client.clone(),
