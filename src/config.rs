@@ -32,9 +32,74 @@ pub enum RouteTarget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub domain: String,
-    /// The value as written in the file (what `next_hop` shows).
+    /// The value as written in the file, or the table's `host` (what
+    /// `next_hop` shows).
     pub written: String,
     pub target: RouteTarget,
+    /// Written as a table: per-hop TLS and AUTH. `None`: a plain string.
+    pub options: Option<RouteOptions>,
+}
+
+/// How a table route's `tls` key says to secure the hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteTls {
+    /// As `[tls] outbound` says (the default).
+    Opportunistic,
+    /// STARTTLS or no mail (defer 4.7.x).
+    Required,
+    /// TLS from the first byte (RFC 8314, port 465).
+    Implicit,
+}
+
+impl RouteTls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteTls::Opportunistic => "opportunistic",
+            RouteTls::Required => "required",
+            RouteTls::Implicit => "implicit",
+        }
+    }
+}
+
+/// The options of a `[routes]` table value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteOptions {
+    pub tls: RouteTls,
+    /// Outbound AUTH (RFC 4954), only ever over TLS.
+    pub auth: Option<Credentials>,
+    /// Verify the server certificate and name (`[tls] ca_file` or the
+    /// system's roots).
+    pub verify: bool,
+}
+
+/// A smarthost account: the user name, where the password came from, and
+/// the password (never printed: its `Debug` says `***`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password_file: PathBuf,
+    pub password: Secret,
+}
+
+/// A password in memory. `Debug` prints `***`; the text is only had
+/// through `expose`, where it goes on the wire.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: String) -> Secret {
+        Secret(text)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,7 +268,27 @@ impl Config {
 
         let _ = writeln!(o, "\n[routes]");
         for r in &self.routes {
-            let _ = writeln!(o, "{} = {}", q(&r.domain), q(&r.written));
+            let Some(opt) = &r.options else {
+                let _ = writeln!(o, "{} = {}", q(&r.domain), q(&r.written));
+                continue;
+            };
+            // The password file's path, never the password.
+            let auth = match &opt.auth {
+                Some(c) => format!(
+                    ", auth = {}, password_file = {}",
+                    q(&c.user),
+                    qpath(Some(&c.password_file))
+                ),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                o,
+                "{} = {{ host = {}, tls = {}{auth}, verify = {} }}",
+                q(&r.domain),
+                q(&r.written),
+                q(opt.tls.as_str()),
+                opt.verify
+            );
         }
 
         let _ = writeln!(o, "\n[retry]");
@@ -337,7 +422,7 @@ struct RawConfig {
     maildir: Option<String>,
     source_routes: Option<String>,
     bare_lf: Option<String>,
-    routes: BTreeMap<String, String>,
+    routes: BTreeMap<String, toml::Value>,
     retry: RawRetry,
     timeouts: RawTimeouts,
     dns: RawDns,
@@ -472,7 +557,6 @@ impl Validator<'_> {
             _ => BareLineEnds::Normalize,
         };
 
-        let routes = self.routes(raw.routes)?;
         let retry = self.retry(raw.retry)?;
         let timeouts = self.timeouts(raw.timeouts)?;
 
@@ -495,6 +579,7 @@ impl Validator<'_> {
         )?;
 
         let tls = self.tls(raw.tls)?;
+        let routes = self.routes(raw.routes, tls.verify_outbound)?;
         // Port 0 asks the system for a free port each time: never a clash.
         let clash = |a: &&SocketAddr| a.port() != 0 && listen.contains(a);
         if let Some(a) = tls.implicit_listen.iter().find(clash) {
@@ -682,9 +767,13 @@ impl Validator<'_> {
     }
 
     /// Sorted by domain with `"*"` last, so the order never depends on the file.
-    fn routes(&self, raw: BTreeMap<String, String>) -> Result<Vec<Route>, ConfigError> {
+    fn routes(
+        &self,
+        raw: BTreeMap<String, toml::Value>,
+        verify_outbound: bool,
+    ) -> Result<Vec<Route>, ConfigError> {
         let mut seen: BTreeMap<String, String> = BTreeMap::new();
-        let mut out = Vec::new();
+        let mut out: Vec<Route> = Vec::new();
         for (key, value) in raw {
             let k = format!("routes.{}", toml_key(&key));
             let domain = key.to_ascii_lowercase();
@@ -705,15 +794,126 @@ impl Validator<'_> {
                     ),
                 ));
             }
-            let target = parse_route(&value).map_err(|p| self.err(&k, p))?;
+            let (written, options) = match value {
+                toml::Value::String(s) => (s, None),
+                toml::Value::Table(t) => {
+                    let (host, options) = self.route_table(&k, t, verify_outbound)?;
+                    (host, Some(options))
+                }
+                other => {
+                    return Err(self.err(
+                        &k,
+                        format!("expected a string or a table, not a {}", other.type_str()),
+                    ))
+                }
+            };
+            let target = parse_route(&written).map_err(|p| self.err(&k, p))?;
+            // One next hop, one set of options: they are found by it.
+            if let Some(other) = out
+                .iter()
+                .find(|r| r.written == written && r.options != options)
+            {
+                return Err(self.err(
+                    &k,
+                    format!(
+                        "same host {written:?} as routes.{} with other options",
+                        toml_key(&other.domain)
+                    ),
+                ));
+            }
             out.push(Route {
                 domain,
-                written: value,
+                written,
                 target,
+                options,
             });
         }
         out.sort_by(|a, b| (a.domain == "*", &a.domain).cmp(&(b.domain == "*", &b.domain)));
         Ok(out)
+    }
+
+    /// `{ host = ..., tls = ..., auth = ..., password_file = ..., verify = ... }`.
+    fn route_table(
+        &self,
+        k: &str,
+        table: toml::Table,
+        verify_outbound: bool,
+    ) -> Result<(String, RouteOptions), ConfigError> {
+        let mut host = None;
+        let mut tls = None;
+        let mut user = None;
+        let mut password_file = None;
+        let mut verify = None;
+        for (name, value) in table {
+            let key = format!("{k}.{}", toml_key(&name));
+            let text = |v: toml::Value| match v {
+                toml::Value::String(s) => Ok(s),
+                other => Err(self.err(
+                    &key,
+                    format!("expected a string, not a {}", other.type_str()),
+                )),
+            };
+            match name.as_str() {
+                "host" => host = Some(text(value)?),
+                "tls" => {
+                    let choices = ["opportunistic", "required", "implicit"];
+                    tls = Some(match self.choice(&key, Some(text(value)?), &choices)? {
+                        0 => RouteTls::Opportunistic,
+                        1 => RouteTls::Required,
+                        _ => RouteTls::Implicit,
+                    });
+                }
+                "auth" => user = Some(text(value)?),
+                "password_file" => password_file = Some(text(value)?),
+                "verify" => match value {
+                    toml::Value::Boolean(b) => verify = Some(b),
+                    other => {
+                        return Err(self.err(
+                            &key,
+                            format!("expected true or false, not a {}", other.type_str()),
+                        ))
+                    }
+                },
+                _ => {
+                    return Err(self.err(
+                        &key,
+                        "unknown key (expected host, tls, auth, password_file or verify)",
+                    ))
+                }
+            }
+        }
+        let host = host.ok_or_else(|| self.err(k, "a route table needs host"))?;
+        let tls = tls.unwrap_or(RouteTls::Opportunistic);
+        let auth = match (user, password_file) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(self.err(&format!("{k}.password_file"), "needs auth (the user name)"))
+            }
+            (Some(_), None) => {
+                return Err(self.err(&format!("{k}.auth"), "needs password_file"));
+            }
+            (Some(user), Some(file)) => {
+                if user.is_empty() || user.contains(['\0', '\r', '\n']) {
+                    return Err(self.err(&format!("{k}.auth"), "not a user name"));
+                }
+                if tls == RouteTls::Opportunistic {
+                    return Err(self.err(
+                        &format!("{k}.tls"),
+                        "auth needs tls = \"required\" or \"implicit\" (credentials never go in clear)",
+                    ));
+                }
+                let key = format!("{k}.password_file");
+                let path = resolve(self.base, &file);
+                let password = read_password(&path).map_err(|p| self.err(&key, p))?;
+                Some(Credentials {
+                    user,
+                    password_file: path,
+                    password,
+                })
+            }
+        };
+        let verify = verify.unwrap_or(auth.is_some() || verify_outbound);
+        Ok((host, RouteOptions { tls, auth, verify }))
     }
 
     fn duration(
@@ -881,6 +1081,23 @@ fn check_user(u: &str) -> Result<(), &'static str> {
         return Err("not a plain mailbox name (a dot at the start or end, or two in a row)");
     }
     Ok(())
+}
+
+/// The first line of a password file, its line end stripped. The error
+/// names the file, never what is in it.
+fn read_password(path: &Path) -> Result<Secret, String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        return Err(format!(
+            "{}: the first line (the password) is empty",
+            path.display()
+        ));
+    }
+    let line = String::from_utf8(line.to_vec())
+        .map_err(|_| format!("{}: the password is not UTF-8", path.display()))?;
+    Ok(Secret::new(line))
 }
 
 /// `host:port`, `[ip]:port`, `[ip]` or a bare IPv4 (port 25), or a host name (MX).
@@ -1248,6 +1465,85 @@ users_file = "users"
         let e = Config::load(Some(&missing)).unwrap_err().0;
         assert!(e.starts_with(&missing.display().to_string()), "{e}");
         assert!(e.contains("No such file"), "{e}");
+    }
+
+    #[test]
+    fn route_tables_with_tls_and_auth() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("smarthost.secret"), "pa ss\nignored\n").unwrap();
+        std::fs::write(dir.path().join("empty.secret"), "\n").unwrap();
+        let load = |routes: &str| {
+            Config::from_toml(&format!("[routes]\n{routes}\n"), dir.path(), "m.toml")
+        };
+        let c = load(
+            "\"*\" = { host = \"smtp.provider.example:587\", tls = \"required\", auth = \"relay-user\", password_file = \"smarthost.secret\" }\n\
+             \"a.example\" = { host = \"[::1]:465\", tls = \"implicit\", verify = false }\n\
+             \"b.example\" = \"mx.b.example\"",
+        )
+        .unwrap();
+        let star = &c.routes[2];
+        assert_eq!(star.written, "smtp.provider.example:587");
+        let opt = star.options.as_ref().unwrap();
+        assert_eq!(opt.tls, RouteTls::Required);
+        assert!(opt.verify, "verify defaults to true with auth");
+        let auth = opt.auth.as_ref().unwrap();
+        assert_eq!(auth.user, "relay-user");
+        assert_eq!(auth.password.expose(), "pa ss");
+        assert_eq!(auth.password_file, dir.path().join("smarthost.secret"));
+        let a = c.routes[0].options.as_ref().unwrap();
+        assert_eq!(
+            (a.tls, a.verify, a.auth.is_none()),
+            (RouteTls::Implicit, false, true)
+        );
+        assert_eq!(c.routes[1].options, None);
+        // Printed: the file, never the password; and read back the same.
+        let out = c.to_toml();
+        assert!(out.contains("password_file = \""), "{out}");
+        assert!(!out.contains("pa ss"), "{out}");
+        assert!(!format!("{c:?}").contains("pa ss"));
+        let back = Config::from_toml(&out, Path::new("/elsewhere"), "out").unwrap();
+        assert_eq!(back, c, "{out}");
+
+        let err = |routes: &str| load(routes).unwrap_err().0;
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "\"*\" = { host = \"h.example:587\", auth = \"u\", password_file = \"smarthost.secret\" }",
+                &["m.toml: routes.\"*\".tls: auth needs tls = \"required\""],
+            ),
+            (
+                "\"*\" = { host = \"h.example:587\", tls = \"opportunistic\", auth = \"u\", password_file = \"smarthost.secret\" }",
+                &["routes.\"*\".tls: "],
+            ),
+            (
+                "\"*\" = { host = \"h.example:587\", tls = \"required\", auth = \"u\", password_file = \"nope.secret\" }",
+                &["routes.\"*\".password_file: cannot read ", "nope.secret"],
+            ),
+            (
+                "\"*\" = { host = \"h.example:587\", tls = \"required\", auth = \"u\", password_file = \"empty.secret\" }",
+                &["routes.\"*\".password_file: ", "empty.secret", "is empty"],
+            ),
+            (
+                "\"*\" = { host = \"h.example:587\", tls = \"required\", auth = \"u\" }",
+                &["routes.\"*\".auth: needs password_file"],
+            ),
+            ("\"*\" = { host = \"h.example:587\", port = 25 }", &["routes.\"*\".port: unknown key"]),
+            ("\"*\" = { tls = \"required\" }", &["routes.\"*\": a route table needs host"]),
+            ("\"*\" = { host = \"h.example:587\", tls = \"always\" }", &["routes.\"*\".tls: unknown value"]),
+            ("\"*\" = { host = \"h.example:587\", verify = \"yes\" }", &["routes.\"*\".verify: expected true or false"]),
+            ("\"*\" = { host = \"h:p\" }", &["routes.\"*\": bad route"]),
+            ("\"*\" = 25", &["routes.\"*\": expected a string or a table"]),
+            (
+                "\"a.example\" = \"h.example:587\"\n\"b.example\" = { host = \"h.example:587\", tls = \"required\" }",
+                &["routes.\"b.example\": same host \"h.example:587\" as routes.\"a.example\""],
+            ),
+        ];
+        for (text, needles) in cases {
+            let e = err(text);
+            for n in *needles {
+                assert!(e.contains(n), "{text:?}: {e:?} lacks {n:?}");
+            }
+            assert!(!e.contains("pa ss"), "{e}");
+        }
     }
 
     #[test]

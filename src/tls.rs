@@ -22,6 +22,12 @@ pub struct TlsSetup {
     /// Present when `cert` and `key` are set: STARTTLS is offered.
     pub server: Option<Arc<ServerConfig>>,
     pub client: Arc<ClientConfig>,
+    /// Verifies the server certificate and name: for `[routes]` tables
+    /// with `verify` (and `client` itself with `verify_outbound`). Present
+    /// when some route or `verify_outbound` needs it.
+    pub verified: Option<Arc<ClientConfig>>,
+    /// Takes any certificate: for `[routes]` tables with `verify = false`.
+    pub unverified: Arc<ClientConfig>,
     /// `outbound = "required"`: no TLS, no delivery.
     pub required: bool,
 }
@@ -64,34 +70,66 @@ pub fn load(config: &Config) -> Result<TlsSetup, String> {
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("tls: {e}"))?;
-    let client = if config.tls.verify_outbound {
-        let mut roots = RootCertStore::empty();
-        match &config.tls.ca_file {
-            Some(ca) => {
-                let certs = CertificateDer::pem_file_iter(ca)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("tls.ca_file: {}: {e}", ca.display()))?;
-                roots.add_parsable_certificates(certs);
-            }
-            None => {
-                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-            }
+    let verifying_route = config
+        .routes
+        .iter()
+        .find(|r| r.options.as_ref().is_some_and(|o| o.verify));
+    let verified = match (config.tls.verify_outbound, verifying_route) {
+        (true, _) => Some(Arc::new(verifying(
+            builder.clone(),
+            config,
+            "tls.verify_outbound",
+        )?)),
+        (false, Some(route)) => {
+            let key = format!("routes.{:?}.verify", route.domain);
+            Some(Arc::new(verifying(builder.clone(), config, &key)?))
         }
-        if roots.is_empty() {
-            return Err("tls.verify_outbound: no trusted root certificates found".to_string());
-        }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    } else {
+        (false, None) => None,
+    };
+    let unverified = Arc::new(
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
-            .with_no_client_auth()
+            .with_no_client_auth(),
+    );
+    let client = match &verified {
+        Some(verified) if config.tls.verify_outbound => verified.clone(),
+        _ => unverified.clone(),
     };
     Ok(TlsSetup {
         server,
-        client: Arc::new(client),
+        client,
+        verified,
+        unverified,
         required: config.tls.outbound == TlsOutbound::Required,
     })
+}
+
+/// A client config that checks certificates against `[tls] ca_file` or
+/// the system's roots; `key` names who asked, for the error.
+fn verifying(
+    builder: rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>,
+    config: &Config,
+    key: &str,
+) -> Result<ClientConfig, String> {
+    let mut roots = RootCertStore::empty();
+    match &config.tls.ca_file {
+        Some(ca) => {
+            let certs = CertificateDer::pem_file_iter(ca)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("tls.ca_file: {}: {e}", ca.display()))?;
+            roots.add_parsable_certificates(certs);
+        }
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "{key}: no trusted root certificates found (set [tls] ca_file)"
+        ));
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// The name a next hop is verified against: the MX host name, or its
@@ -211,6 +249,30 @@ mod tests {
         assert!(!client.is_handshaking() && !server.is_handshaking());
         assert_eq!(client.handshake_kind(), server.handshake_kind());
         client.handshake_kind()
+    }
+
+    #[test]
+    fn a_verifying_route_gets_a_verifying_client() {
+        let dir = tempfile::tempdir().unwrap();
+        config_with_cert(dir.path());
+        let plain = Config::from_toml("", dir.path(), "t.toml").unwrap();
+        assert!(load(&plain).unwrap().verified.is_none());
+        let text = "[tls]\nca_file = \"cert.pem\"\n[routes]\n\"*\" = { host = \"[::1]:465\", tls = \"implicit\", verify = true }\n";
+        let config = Config::from_toml(text, dir.path(), "t.toml").unwrap();
+        let setup = load(&config).unwrap();
+        assert!(setup.verified.is_some());
+        // The global client stays as verify_outbound says.
+        assert!(!Arc::ptr_eq(
+            setup.verified.as_ref().unwrap(),
+            &setup.client
+        ));
+        assert!(Arc::ptr_eq(&setup.unverified, &setup.client));
+        // Nothing to trust: the error names the route's key.
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        let text = text.replace("cert.pem", "empty.pem");
+        let config = Config::from_toml(&text, dir.path(), "t.toml").unwrap();
+        let e = load(&config).err().unwrap();
+        assert!(e.starts_with("routes.\"*\".verify: no trusted root"), "{e}");
     }
 
     #[test]

@@ -173,6 +173,8 @@ pub struct Server {
     poll: Poll,
     listeners: Slab<Bound>,
     tls: crate::tls::TlsSetup,
+    /// `[routes]` table options by next hop (`outbound::route_options`).
+    route_options: HashMap<String, crate::config::RouteOptions>,
     auth_failures: crate::auth::Failures,
     conns: Slab<Conn>,
     per_ip: HashMap<std::net::IpAddr, usize>,
@@ -307,6 +309,7 @@ impl Server {
             deadlines: BTreeSet::new(),
             settings: Rc::new(Settings::new(config)),
             tls: secrets.tls.clone(),
+            route_options: outbound::route_options(config),
             auth_failures: crate::auth::Failures::default(),
             idle_timeout: config.timeouts.server_idle,
             max_connections: config.max_connections,

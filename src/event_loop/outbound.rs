@@ -6,13 +6,16 @@ use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use hashbrown::HashMap;
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::{write_out, Readiness, Server, Transport, OUT_BASE};
+use crate::config::{Config, RouteOptions, RouteTls};
 use crate::metrics::Direction;
 use crate::queue::{Lease, StoredMessage};
 use crate::smtp::client::{Body, Client, Dsn, Event, TlsPolicy, Transaction, Wait};
@@ -142,6 +145,21 @@ impl Server {
     }
 
     fn open(&mut self, hop: &str, label: String, addr: SocketAddr) {
+        let tls = self
+            .route_options
+            .get(hop)
+            .map_or(RouteTls::Opportunistic, |o| o.tls);
+        // RFC 8314 implicit TLS: the handshake starts with the connection.
+        let implicit = match tls {
+            RouteTls::Implicit => match self.tls_client(hop, &label, addr) {
+                Ok(client) => Some(client),
+                Err(e) => {
+                    let reply = Reply::local(451, "4.7.5", &format!("TLS with {label}: {e}"));
+                    return self.hop_failed(hop, addr, reply);
+                }
+            },
+            _ => None,
+        };
         let entry = self.out.vacant_entry();
         let key = entry.key();
         let stream = TcpStream::connect(addr).and_then(|mut stream| {
@@ -165,15 +183,30 @@ impl Server {
         };
         self.metrics.outbound_open.inc();
         let deadline = self.now + self.timeouts.connect;
-        let policy = if self.tls.required {
+        let options = self.route_options.get(hop);
+        let policy = if self.tls.required || tls != RouteTls::Opportunistic {
             TlsPolicy::Required
         } else {
             TlsPolicy::Opportunistic
         };
         let mut client = Client::with_tls(&self.settings.hostname, policy);
         client.set_chunking(self.limits.chunking);
+        if let Some(auth) = options.and_then(|o| o.auth.as_ref()) {
+            client.set_auth(&auth.user, &auth.password);
+        }
+        let mut transport = Transport::plain(stream);
+        if let Some((config, name)) = implicit {
+            // The first flight waits in rustls until the socket is writable.
+            if let Err(e) = transport.start_client(config, name) {
+                let _ = self.poll.registry().deregister(&mut transport.stream);
+                self.metrics.outbound_open.dec();
+                let reply = Reply::local(451, "4.7.5", &format!("TLS with {label}: {e}"));
+                return self.hop_failed(hop, addr, reply);
+            }
+            client.set_implicit_tls();
+        }
         entry.insert(OutConn {
-            transport: Transport::plain(stream),
+            transport,
             client,
             hop: hop.to_string(),
             addr,
@@ -311,6 +344,18 @@ impl Server {
                     self.metrics.handshake(Direction::outbound, true);
                 } else if super::inbound::handshake_failed(&read) {
                     self.metrics.handshake(Direction::outbound, false);
+                    // A TLS problem (a bad certificate, say), not a
+                    // network one: 4.7.5 (RFC 3463 "cryptographic failure").
+                    let why = match &read {
+                        Err(e) => e.to_string(),
+                        _ => "closed by the server".to_string(),
+                    };
+                    let reply = Reply::local(
+                        451,
+                        "4.7.5",
+                        &format!("TLS handshake with {} failed: {why}", conn.label),
+                    );
+                    return self.out_failed(key, reply);
                 }
             }
             match read {
@@ -422,13 +467,11 @@ impl Server {
     fn start_tls(&mut self, key: usize) {
         let conn = &mut self.out[key];
         conn.inbuf.clear();
-        let name = match conn.label.split_once('[') {
-            Some((name, _)) => name.to_string(),
-            None => conn.addr.ip().to_string(),
-        };
-        let started = crate::tls::server_name(&name)
-            .ok_or_else(|| std::io::Error::other(format!("{name} is not a TLS server name")))
-            .and_then(|name| conn.transport.start_client(self.tls.client.clone(), name));
+        let (hop, label, addr) = (conn.hop.clone(), conn.label.clone(), conn.addr);
+        let started = self
+            .tls_client(&hop, &label, addr)
+            .and_then(|(config, name)| self.out[key].transport.start_client(config, name));
+        let conn = &mut self.out[key];
         match started {
             Ok(()) => conn.client.tls_started(),
             Err(e) => {
@@ -436,6 +479,38 @@ impl Server {
                 self.out_failed(key, reply);
             }
         }
+    }
+
+    /// The client config and server name for TLS with `hop` at `addr`: a
+    /// `[routes]` table with `verify` checks the certificate (against the
+    /// MX or route host name, or the address); else as `[tls]` says.
+    fn tls_client(
+        &self,
+        hop: &str,
+        label: &str,
+        addr: SocketAddr,
+    ) -> io::Result<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )> {
+        // `mx.example[192.0.2.1]:25`, else an address alone (`[::1]:465`
+        // too: no name before the bracket).
+        let name = match label.split_once('[') {
+            Some((name, _)) if !name.is_empty() => name.to_string(),
+            _ => addr.ip().to_string(),
+        };
+        let config = match self.route_options.get(hop).map(|o| o.verify) {
+            None => self.tls.client.clone(),
+            Some(false) => self.tls.unverified.clone(),
+            Some(true) => match &self.tls.verified {
+                Some(verified) => verified.clone(),
+                // tls::load builds it whenever a route verifies.
+                None => return Err(io::Error::other("no verifying TLS client configured")),
+            },
+        };
+        let name = crate::tls::server_name(&name)
+            .ok_or_else(|| io::Error::other(format!("{name} is not a TLS server name")))?;
+        Ok((config, name))
     }
 
     /// Gives the connection the next job of its hop, or parks it idle (or
@@ -686,6 +761,16 @@ impl Server {
             self.out_failed(key, reply);
         }
     }
+}
+
+/// `[routes]` table options by next hop (the table's `host`), as open and
+/// start_tls look them up.
+pub(super) fn route_options(config: &Config) -> HashMap<String, RouteOptions> {
+    config
+        .routes
+        .iter()
+        .filter_map(|r| Some((r.written.clone(), r.options.clone()?)))
+        .collect()
 }
 
 /// Hands the client the next piece of the body on the wire, read from the

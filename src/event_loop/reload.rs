@@ -133,6 +133,7 @@ impl Server {
         settings.users = secrets.users;
         self.settings = Rc::new(settings);
         self.tls = secrets.tls;
+        self.route_options = super::outbound::route_options(config);
         self.idle_timeout = config.timeouts.server_idle;
         self.max_connections = config.max_connections;
         self.max_connections_per_ip = config.max_connections_per_ip;

@@ -23,10 +23,12 @@ use std::collections::VecDeque;
 use std::io::Write as _;
 use std::rc::Rc;
 
+use base64::Engine as _;
 use memchr::{memchr, memchr2};
 
 use super::dsn::{self, Notify, Ret};
 use super::reply::{self, Class, Reply, ReplyError};
+use crate::config::Secret;
 
 /// Below this much pending output the body is stuffed into it again ...
 const LOW_WATER: usize = 16 * 1024;
@@ -156,6 +158,8 @@ struct Extensions {
     starttls: bool,
     chunking: bool,
     dsn: bool,
+    auth_plain: bool,
+    auth_login: bool,
 }
 
 impl Extensions {
@@ -183,6 +187,17 @@ impl Extensions {
                 ext.chunking = true;
             } else if is("DSN") {
                 ext.dsn = true;
+            } else if is("AUTH") || keyword.len() > 5 && keyword[..5].eq_ignore_ascii_case("AUTH=")
+            {
+                // `AUTH PLAIN LOGIN`, or the old `AUTH=LOGIN PLAIN`.
+                let first = keyword.get(5..).filter(|m| !m.is_empty());
+                for mechanism in first.into_iter().chain(words) {
+                    if mechanism.eq_ignore_ascii_case("PLAIN") {
+                        ext.auth_plain = true;
+                    } else if mechanism.eq_ignore_ascii_case("LOGIN") {
+                        ext.auth_login = true;
+                    }
+                }
             }
         }
         ext
@@ -352,6 +367,19 @@ enum Next {
     Refused(Vec<Reply>),
 }
 
+/// Where an outbound AUTH is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuthStep {
+    /// `AUTH PLAIN <initial response>` sent: 235 owed.
+    Plain,
+    /// `AUTH LOGIN` sent: the 334 asking for the user name owed.
+    LoginUser,
+    /// The user name sent: the 334 asking for the password owed.
+    LoginPassword,
+    /// The password sent: 235 owed.
+    LoginDone,
+}
+
 /// One enum, one transition function (`set_state`): DESIGN pattern 3.
 #[derive(Debug)]
 enum State {
@@ -363,6 +391,8 @@ enum State {
     StartTls,
     /// The loop is doing the handshake; nothing is expected.
     Handshake,
+    /// AUTH (RFC 4954) sent; the step says which reply is owed.
+    Auth(AuthStep),
     /// Idle between transactions.
     Ready,
     /// MAIL, RCPT and DATA replies owed.
@@ -386,6 +416,7 @@ impl State {
             State::Helo => "helo",
             State::StartTls => "starttls",
             State::Handshake => "handshake",
+            State::Auth(_) => "auth",
             State::Ready => "ready",
             State::Envelope(_) => "envelope",
             State::Body(..) => "body",
@@ -425,6 +456,8 @@ pub struct Client {
     chunking: bool,
     /// One BDAT chunk while it is framed.
     chunk: Vec<u8>,
+    /// AUTH with these (user, password) after the EHLO over TLS.
+    auth: Option<(String, Secret)>,
 }
 
 impl Client {
@@ -448,7 +481,21 @@ impl Client {
             after_dot: 0,
             chunking: true,
             chunk: Vec::new(),
+            auth: None,
         }
+    }
+
+    /// Authenticate (RFC 4954, PLAIN or LOGIN as offered, PLAIN first)
+    /// before the first transaction. Only ever over TLS: a session still in
+    /// clear after its EHLO fails instead.
+    pub fn set_auth(&mut self, user: &str, password: &Secret) {
+        self.auth = Some((user.to_string(), password.clone()));
+    }
+
+    /// The connection is TLS from the first byte (RFC 8314 implicit TLS):
+    /// no STARTTLS; the greeting comes over TLS.
+    pub fn set_implicit_tls(&mut self) {
+        self.encrypted = true;
     }
 
     /// The next hop offered DSN (RFC 3461): the parameters go on to it,
@@ -668,6 +715,7 @@ impl Client {
             | State::Helo
             | State::StartTls
             | State::Handshake
+            | State::Auth(_)
             | State::Rset
             | State::Quit => Some(Wait::Command),
             State::Envelope(txn) => match txn.pending.front() {
@@ -758,6 +806,7 @@ impl Client {
             // Opportunistic: STARTTLS refused, so in clear it is.
             State::StartTls => self.ready(),
             State::Handshake => self.failed(State::Handshake, unexpected(&reply)),
+            State::Auth(step) => self.auth_reply(step, reply),
             State::Rset if reply.class() == Class::Positive => self.ready(),
             state @ (State::Helo | State::Rset) => self.failed(state, refusal(reply)),
             State::Envelope(txn) => self.envelope_reply(txn, reply),
@@ -1037,25 +1086,88 @@ impl Client {
     }
 
     /// Greeted: upgrade to TLS when we may and the server offers it; with
-    /// `Required`, a server that does not offer it gets no mail.
+    /// `Required`, a server that does not offer it gets no mail. Then AUTH
+    /// if asked for.
     fn after_ehlo(&mut self) {
-        if self.encrypted || self.tls == TlsPolicy::Off {
-            return self.ready();
-        }
-        if self.ext.starttls {
-            self.out.extend_from_slice(b"STARTTLS\r\n");
-            return self.set_state(State::StartTls);
-        }
-        match self.tls {
-            TlsPolicy::Required => {
+        if !self.encrypted && self.tls != TlsPolicy::Off {
+            if self.ext.starttls {
+                self.out.extend_from_slice(b"STARTTLS\r\n");
+                return self.set_state(State::StartTls);
+            }
+            if self.tls == TlsPolicy::Required {
                 let reply = Reply::local(
                     451,
                     "4.7.10",
                     "TLS is required but the next hop does not offer STARTTLS",
                 );
-                self.failed(State::Ready, reply)
+                return self.failed(State::Ready, reply);
             }
-            _ => self.ready(),
+        }
+        if self.auth.is_some() {
+            return self.start_auth();
+        }
+        self.ready()
+    }
+
+    /// AUTH PLAIN with the initial response, else LOGIN; never in clear.
+    fn start_auth(&mut self) {
+        let Some((user, password)) = &self.auth else {
+            return self.ready();
+        };
+        if !self.encrypted {
+            let reply = Reply::local(
+                451,
+                "4.7.10",
+                "AUTH needs TLS, and the session with the next hop is in clear",
+            );
+            return self.failed(State::Ready, reply);
+        }
+        if self.ext.auth_plain {
+            let token = format!("\0{user}\0{}", password.expose());
+            let _ = write!(self.out, "AUTH PLAIN {}\r\n", b64(token.as_bytes()));
+            return self.set_state(State::Auth(AuthStep::Plain));
+        }
+        if self.ext.auth_login {
+            self.out.extend_from_slice(b"AUTH LOGIN\r\n");
+            return self.set_state(State::Auth(AuthStep::LoginUser));
+        }
+        let reply = Reply::local(
+            451,
+            "4.7.0",
+            "AUTH not offered by the next hop (PLAIN or LOGIN needed)",
+        );
+        self.out.extend_from_slice(b"QUIT\r\n");
+        self.failed(State::Ready, reply)
+    }
+
+    /// A reply during AUTH: 235 goes on to mail; anything but the
+    /// expected answer defers (an account problem is no proof the mail is
+    /// bad), quoting what the server said.
+    fn auth_reply(&mut self, step: AuthStep, reply: Reply) {
+        let Some((user, password)) = &self.auth else {
+            return self.failed(State::Auth(step), unexpected(&reply));
+        };
+        match step {
+            AuthStep::LoginUser if reply.code == 334 => {
+                let _ = write!(self.out, "{}\r\n", b64(user.as_bytes()));
+                self.set_state(State::Auth(AuthStep::LoginPassword));
+            }
+            AuthStep::LoginPassword if reply.code == 334 => {
+                let _ = write!(self.out, "{}\r\n", b64(password.expose().as_bytes()));
+                self.set_state(State::Auth(AuthStep::LoginDone));
+            }
+            AuthStep::Plain | AuthStep::LoginDone if reply.code == 235 => self.ready(),
+            _ => {
+                let refused = Reply::local(
+                    451,
+                    "4.7.0",
+                    &format!("authentication with the next hop failed: {reply}"),
+                );
+                if reply.code != 334 {
+                    self.out.extend_from_slice(b"QUIT\r\n");
+                }
+                self.failed(State::Auth(step), refused);
+            }
         }
     }
 
@@ -1094,6 +1206,10 @@ impl Client {
         log::trace!("outbound: -> {}", next.name());
         self.state = next;
     }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Every recipient's reply once the transaction is over.

@@ -45,10 +45,15 @@ pub fn start_in(dir: &Path, config: &str) -> Mailhop {
 
 /// Starts `mailhop` with `args` in `dir` and waits for `listening on`.
 pub fn spawn(dir: &Path, args: &[&str]) -> Mailhop {
+    spawn_logging(dir, args, "info")
+}
+
+/// As `spawn`, logging at `rust_log` (`RUST_LOG`, e.g. `trace`).
+pub fn spawn_logging(dir: &Path, args: &[&str], rust_log: &str) -> Mailhop {
     let mut child = Command::new(BIN)
         .args(args)
         .current_dir(dir)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

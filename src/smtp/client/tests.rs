@@ -56,8 +56,12 @@ struct Driver {
 
 impl Driver {
     fn new(actions: &[Action], write_size: usize) -> Driver {
+        Driver::with_client(Client::new("relay.example"), actions, write_size)
+    }
+
+    fn with_client(client: Client, actions: &[Action], write_size: usize) -> Driver {
         Driver {
-            client: Client::new("relay.example"),
+            client,
             actions: actions.iter().cloned().collect(),
             written: Vec::new(),
             mark: 0,
@@ -78,6 +82,11 @@ impl Driver {
                         Some(Action::Quit) => self.client.quit(),
                         None => {}
                     }
+                }
+                if event == Event::StartTls {
+                    // As the loop does: drop what came in clear, handshake.
+                    self.held.clear();
+                    self.client.tls_started();
                 }
                 self.events.push(event);
                 moved = true;
@@ -153,8 +162,13 @@ impl Driver {
 
 /// Plays `steps` fed every way; all must agree. Returns the events.
 fn dialogue(steps: &[Step], actions: &[Action]) -> Vec<Event> {
+    dialogue_with(|| Client::new("relay.example"), steps, actions)
+}
+
+/// As `dialogue`, with a client made by `client` for each run.
+fn dialogue_with(client: impl Fn() -> Client, steps: &[Step], actions: &[Action]) -> Vec<Event> {
     let run = |feed| {
-        let mut driver = Driver::new(actions, usize::MAX);
+        let mut driver = Driver::with_client(client(), actions, usize::MAX);
         driver.play(steps, feed);
         driver.events
     };
@@ -267,8 +281,14 @@ fn extensions_from_ehlo() {
             starttls: true,
             chunking: false,
             dsn: false,
+            auth_plain: false,
+            auth_login: false,
         }
     );
+    let auth = ext("250-mx\r\n250 AUTH LOGIN PLAIN CRAM-MD5\r\n");
+    assert!(auth.auth_plain && auth.auth_login);
+    let old = ext("250-mx\r\n250 AUTH=LOGIN\r\n");
+    assert!(old.auth_login && !old.auth_plain);
     assert!(ext("250-mx\r\n250 chunking\r\n").chunking);
     assert_eq!(ext("250-mx\r\n250 SIZE\r\n").size, Some(0));
     assert_eq!(ext("250-mx\r\n250 size x\r\n").size, Some(0));
@@ -1602,4 +1622,182 @@ fn a_refused_middle_chunk_fails_the_transaction_and_stops_the_chunks() {
     assert_eq!(drain(&mut client), b"RSET\r\n");
     client.receive(b"250 ok\r\n");
     assert_eq!(client.poll_event(), Some(Event::Ready));
+}
+
+// Outbound AUTH (RFC 4954) to a smarthost, only ever over TLS.
+
+const SECRET: &str = "s3cret";
+/// base64 of "\0relay-user\0s3cret".
+const PLAIN_TOKEN: &str = "AHJlbGF5LXVzZXIAczNjcmV0";
+const EHLO_TLS_AUTH: &str =
+    "250-mx.example\r\n250-SIZE 1000\r\n250-STARTTLS\r\n250 AUTH LOGIN PLAIN\r\n";
+
+fn auth_client(tls: TlsPolicy) -> Client {
+    let mut client = Client::with_tls("relay.example", tls);
+    client.set_auth("relay-user", &Secret::new(SECRET.to_string()));
+    client
+}
+
+/// Greeting, EHLO in clear, STARTTLS, and the EHLO over TLS answered
+/// with `after_tls`.
+fn over_tls(after_tls: &str, rest: Vec<Step>) -> Vec<Step> {
+    let mut steps = script(
+        EHLO_TLS_AUTH,
+        vec![
+            w("STARTTLS\r\n"),
+            r("220 2.0.0 Ready to start TLS\r\n"),
+            w(EHLO),
+            r(after_tls),
+        ],
+    );
+    steps.extend(rest);
+    steps
+}
+
+/// MAIL to the final dot and its 250, without pipelining.
+fn plain_mail() -> Vec<Step> {
+    vec![
+        w("MAIL FROM:<a@x.example> SIZE=22\r\n"),
+        r("250 2.1.0 Ok\r\n"),
+        w("RCPT TO:<b@y.example>\r\n"),
+        r("250 2.1.5 Ok\r\n"),
+        w("DATA\r\n"),
+        r("354 go\r\n"),
+        w("Subject: hi\r\n\r\nHello\r\n.\r\n"),
+        r("250 2.0.0 queued\r\n"),
+    ]
+}
+
+#[test]
+fn auth_plain_after_starttls_then_mail() {
+    let t = txn(&["b@y.example"], BODY);
+    let mut rest = vec![
+        w(format!("AUTH PLAIN {PLAIN_TOKEN}\r\n")),
+        Step::Waiting(Some(Wait::Command)),
+        r("235 2.7.0 Authentication successful\r\n"),
+    ];
+    rest.extend(plain_mail());
+    // Both offered: PLAIN, in one round trip.
+    let steps = over_tls(
+        "250-mx.example\r\n250-SIZE 1000\r\n250 AUTH LOGIN PLAIN\r\n",
+        rest,
+    );
+    let events = dialogue_with(|| auth_client(TlsPolicy::Required), &steps, &[send(&t)]);
+    assert_eq!(
+        events,
+        [
+            Event::StartTls,
+            Event::Ready,
+            Event::Finished(replies(&["250 2.0.0 queued"])),
+            Event::Ready
+        ]
+    );
+}
+
+#[test]
+fn auth_login_when_only_login_is_offered() {
+    let t = txn(&["b@y.example"], BODY);
+    let mut rest = vec![
+        w("AUTH LOGIN\r\n"),
+        r("334 VXNlcm5hbWU6\r\n"),
+        w("cmVsYXktdXNlcg==\r\n"),
+        r("334 UGFzc3dvcmQ6\r\n"),
+        w("czNjcmV0\r\n"),
+        r("235 2.7.0 ok\r\n"),
+    ];
+    rest.extend(plain_mail());
+    let steps = over_tls(
+        "250-mx.example\r\n250-SIZE 1000\r\n250 AUTH LOGIN\r\n",
+        rest,
+    );
+    let events = dialogue_with(|| auth_client(TlsPolicy::Required), &steps, &[send(&t)]);
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert_eq!(events[2], Event::Finished(replies(&["250 2.0.0 queued"])));
+}
+
+/// The session failed with a 4xx (a deferral, never a bounce) saying `text`.
+fn deferred_with(events: &[Event], text: &str) {
+    let [.., Event::Failed { reply, recipients }] = events else {
+        panic!("no failure: {events:?}");
+    };
+    assert_eq!(reply.class(), Class::Transient, "{reply}");
+    assert!(reply.to_string().contains(text), "{reply}");
+    assert_eq!(recipients, &None);
+}
+
+#[test]
+fn auth_refused_defers_quoting_the_server() {
+    let steps = over_tls(
+        "250-mx.example\r\n250 AUTH PLAIN\r\n",
+        vec![
+            w(format!("AUTH PLAIN {PLAIN_TOKEN}\r\n")),
+            r("535 5.7.8 Authentication credentials invalid\r\n"),
+            w("QUIT\r\n"),
+        ],
+    );
+    let events = dialogue_with(|| auth_client(TlsPolicy::Required), &steps, &[]);
+    deferred_with(&events, "451 4.7.0 ");
+    deferred_with(&events, "535 5.7.8 Authentication credentials invalid");
+    // A LOGIN refused at the password: the same.
+    let steps = over_tls(
+        "250-mx.example\r\n250 AUTH LOGIN\r\n",
+        vec![
+            w("AUTH LOGIN\r\n"),
+            r("334 VXNlcm5hbWU6\r\n"),
+            w("cmVsYXktdXNlcg==\r\n"),
+            r("334 UGFzc3dvcmQ6\r\n"),
+            w("czNjcmV0\r\n"),
+            r("454 4.7.0 Temporary authentication failure\r\n"),
+            w("QUIT\r\n"),
+        ],
+    );
+    let events = dialogue_with(|| auth_client(TlsPolicy::Required), &steps, &[]);
+    deferred_with(&events, "454 4.7.0 Temporary authentication failure");
+}
+
+#[test]
+fn auth_not_offered_defers() {
+    let steps = over_tls("250-mx.example\r\n250 SIZE 1000\r\n", vec![w("QUIT\r\n")]);
+    let events = dialogue_with(|| auth_client(TlsPolicy::Required), &steps, &[]);
+    deferred_with(&events, "451 4.7.0 AUTH not offered");
+}
+
+#[test]
+fn credentials_never_go_in_clear() {
+    // No STARTTLS offered, AUTH is: no AUTH, the TLS requirement defers.
+    let steps = script("250-mx.example\r\n250 AUTH PLAIN LOGIN\r\n", vec![]);
+    let events = dialogue_with(|| auth_client(TlsPolicy::Required), &steps, &[]);
+    deferred_with(&events, "451 4.7.10 ");
+    // Even if asked for with no TLS at all (the config never allows it).
+    let events = dialogue_with(|| auth_client(TlsPolicy::Off), &steps, &[]);
+    deferred_with(&events, "451 4.7.10 AUTH needs TLS");
+    // STARTTLS refused: no AUTH either.
+    let steps = script(
+        EHLO_TLS_AUTH,
+        vec![w("STARTTLS\r\n"), r("454 4.7.0 TLS not available\r\n")],
+    );
+    let events = dialogue_with(|| auth_client(TlsPolicy::Required), &steps, &[]);
+    deferred_with(&events, "454 4.7.0 TLS not available");
+    // The password is not in the client's Debug either.
+    assert!(!format!("{:?}", auth_client(TlsPolicy::Required)).contains(SECRET));
+}
+
+#[test]
+fn implicit_tls_greets_then_auth_without_starttls() {
+    let t = txn(&["b@y.example"], BODY);
+    let mut rest = vec![
+        w(format!("AUTH PLAIN {PLAIN_TOKEN}\r\n")),
+        r("235 2.7.0 ok\r\n"),
+    ];
+    rest.extend(plain_mail());
+    // Whatever the EHLO says, TLS is on: no STARTTLS.
+    let steps = script(EHLO_TLS_AUTH, rest);
+    let client = || {
+        let mut client = auth_client(TlsPolicy::Required);
+        client.set_implicit_tls();
+        client
+    };
+    let events = dialogue_with(client, &steps, &[send(&t)]);
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[0], Event::Ready);
 }
