@@ -28,5 +28,6 @@ pub mod reload;
 pub mod routing;
 pub mod sendmail;
 pub mod service;
+pub mod shaping;
 pub mod smtp;
 pub mod tls;
