@@ -8,6 +8,7 @@ mod inbound;
 mod outbound;
 mod reload;
 mod scheduler;
+mod shaper;
 mod transport;
 
 pub use reload::{listen_addrs, Reloader};
@@ -231,6 +232,8 @@ pub struct Server {
     jobs_in_memory: usize,
     /// Next hops that could not be reached, until their retry time.
     hosts: HashMap<String, HostHealth>,
+    /// `[shaping]` limits and back-offs of next hops.
+    shaper: shaper::Shaper,
     /// Messages whose delay warning went out in this run.
     warned: hashbrown::HashSet<String>,
     turn: Turn,
@@ -345,6 +348,7 @@ impl Server {
             to_dispatch: Vec::new(),
             jobs_in_memory: 0,
             hosts: HashMap::new(),
+            shaper: shaper::Shaper::default(),
             warned: hashbrown::HashSet::new(),
             turn: Turn::default(),
             next_scan: Instant::now(),
@@ -471,6 +475,7 @@ impl Server {
             }
             self.fire_deadlines();
             self.fire_out_deadlines();
+            self.fire_shaping();
             self.http_deadlines();
             self.dns_flush();
             if self.accept_paused_until.is_some_and(|t| t <= self.now) {
@@ -541,6 +546,7 @@ impl Server {
         let next = [
             self.deadlines.first().map(|d| d.0),
             self.out_deadlines.first().map(|d| d.0),
+            self.shaper.next_wake(),
             self.resolver.next_timeout(),
             self.turn.due(),
             self.shutdown,
@@ -633,6 +639,7 @@ impl Server {
             hosts,
             hold_backs,
             warned,
+            shaping,
             generated,
             since,
         } = std::mem::take(&mut self.turn);
@@ -642,6 +649,7 @@ impl Server {
             hosts,
             hold_backs,
             warned,
+            shaping,
         };
         // New mail goes straight to delivery while there is room for it.
         let lease_new = self.shutdown.is_none()
@@ -660,6 +668,7 @@ impl Server {
             hosts,
             hold_backs,
             warned,
+            shaping,
             ..
         } = batch;
         match result {
@@ -701,6 +710,7 @@ impl Server {
                     hosts,
                     hold_backs,
                     warned,
+                    shaping,
                     generated,
                     since,
                 };
