@@ -289,3 +289,77 @@ fn check_config_prints_the_section_and_refuses_bad_limits() {
         assert!(stderr.contains("mailhop.toml"), "{stderr}");
     }
 }
+
+#[test]
+fn a_slow_hop_keeps_a_minutes_worth_in_memory_and_the_rest_waits_in_the_queue() {
+    let sink = Sink::start();
+    let dir = tempdir();
+    let text = config(
+        &[("a.test", sink.addr)],
+        &format!("[shaping.\"{}\"]\nmax_messages_per_minute = 6\n", sink.addr),
+    );
+    let alpha = start_in(dir.path(), &text);
+    send_many(&alpha, "u@a.test", 10);
+    let db = open_queue(&alpha.queue_path());
+    let query = "SELECT count(*) FROM recipients WHERE status = 'deferred' AND attempts = 0 \
+                 AND last_reply LIKE '451 4.4.5 held back by [shaping]: % takes 6 message(s) a minute'";
+    let start = Instant::now();
+    // One went at once; six wait in memory (a minute's worth); three go
+    // back to the queue, due in a minute.
+    while rows(&db, query) != ["3"] && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        rows(&db, query),
+        ["3"],
+        "{:?}\n{}",
+        rows(
+            &db,
+            "SELECT status, attempts, last_reply, next_attempt FROM recipients"
+        ),
+        alpha.log()
+    );
+    // The first comes at once, the next after 10 s: paced, not bursting.
+    assert_eq!(sink.wait_for(1, WAIT).len(), 1);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(sink.count(), 1);
+}
+
+#[test]
+fn a_reload_shapes_the_next_messages() {
+    let sink = Sink::start();
+    let dir = tempdir();
+    let alpha = start_in(dir.path(), &config(&[("a.test", sink.addr)], ""));
+    send_many(&alpha, "u@a.test", 1);
+    assert_eq!(sink.wait_for(1, WAIT).len(), 1);
+    let file = dir.path().join("mailhop.toml");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&format!(
+        "\n[shaping.\"{}\"]\nmax_messages_per_minute = 60\n",
+        sink.addr
+    ));
+    std::fs::write(&file, text).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(alpha.child.id() as i32, libc::SIGHUP) };
+    let start = Instant::now();
+    while !alpha.log().contains("reloaded") && start.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(alpha.log().contains("reloaded"), "{}", alpha.log());
+    send_many(&alpha, "u@a.test", 5);
+    assert_eq!(sink.wait_for(6, WAIT).len(), 6);
+    // One a second (a burst of one): 5 over at least 4 s.
+    let t = arrivals(&sink);
+    assert!(t[5] - t[1] >= Duration::from_millis(3800), "{t:?}");
+    let db = open_queue(&alpha.queue_path());
+    assert_eq!(
+        rows(
+            &db,
+            &format!(
+                "SELECT rate_limit, connection_limit, shaped_reason FROM hosts WHERE next_hop = '{}'",
+                sink.addr
+            )
+        ),
+        ["60||config"]
+    );
+}

@@ -112,6 +112,7 @@ impl Server {
         if let Some(until) = self.backing_off_until(hop) {
             return self.hold_back_shaped(hop, until);
         }
+        self.trim_shaped_backlog(hop);
         let idle: Vec<usize> = self
             .out
             .iter()

@@ -252,6 +252,47 @@ impl Server {
         Some((cap, tokens.saturating_sub(starting)))
     }
 
+    /// A paced hop keeps at most a minute's worth of its mail in memory:
+    /// leased jobs are few (`MAX_JOBS`) and shared by every hop, and a slow
+    /// hop with a backlog must not hold them all. The rest goes back to the
+    /// queue without an attempt, each due about when the bucket would
+    /// reach it.
+    pub(super) fn trim_shaped_backlog(&mut self, hop: &str) {
+        if !self.is_shaped(hop) {
+            return;
+        }
+        let Some(rate) = self
+            .shaper
+            .hops
+            .get(hop)
+            .and_then(|s| s.limits.max_messages_per_minute)
+        else {
+            return;
+        };
+        let keep = (rate as usize).clamp(1, super::scheduler::MAX_JOBS / 4);
+        let Some(queue) = self.jobs.get_mut(hop) else {
+            return;
+        };
+        if queue.len() <= keep {
+            return;
+        }
+        let excess: Vec<super::outbound::Job> = queue.drain(keep..).collect();
+        info!(
+            "{hop}: {} message(s) beyond a minute's worth at {rate} a minute go back to the queue",
+            excess.len()
+        );
+        let reply = Reply::local(
+            451,
+            "4.4.5",
+            &format!("held back by [shaping]: {hop} takes {rate} message(s) a minute"),
+        );
+        for (i, job) in excess.into_iter().enumerate() {
+            let secs = ((keep + i) as u64 * 60) / u64::from(rate);
+            let at = self.wall + std::time::Duration::from_secs(secs.max(1));
+            self.settle_job(job, &[], reply.clone(), None, Some(at));
+        }
+    }
+
     /// Until when a slow-down keeps `hop` from sending, as wall time.
     pub(super) fn backing_off_until(&self, hop: &str) -> Option<SystemTime> {
         if self.shaper.hops.is_empty() {
