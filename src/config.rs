@@ -173,6 +173,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Where `serve` writes its PID (for `mailhop reload`), if anywhere.
     pub pid_file: Option<PathBuf>,
+    /// `[shaping]`: limits per next hop, sorted by key with `"*"` last.
+    pub shaping: Vec<crate::shaping::Rule>,
 }
 
 /// A config problem: the message names the file, the key and the problem.
@@ -354,6 +356,7 @@ impl Config {
             .map(|a| a.to_string())
             .unwrap_or_default();
         let _ = writeln!(o, "listen = {}", q(&metrics));
+        shaping_to_toml(&mut o, &self.shaping);
         o
     }
 }
@@ -431,6 +434,7 @@ struct RawConfig {
     auth: RawAuth,
     metrics: RawMetrics,
     pid_file: Option<String>,
+    shaping: BTreeMap<String, RawShaping>,
 }
 
 #[derive(Deserialize, Default)]
@@ -625,6 +629,7 @@ impl Validator<'_> {
             auth_users_file: self.opt_path(raw.auth.users_file),
             metrics_listen,
             pid_file: self.opt_path(raw.pid_file),
+            shaping: self.shaping(raw.shaping)?,
         })
     }
 
@@ -1215,6 +1220,96 @@ fn toml_key(k: &str) -> String {
     }
 }
 
+// ---------------------------------------------------------------------------
+// `[shaping."KEY"]`: limits per next hop (see `crate::shaping`).
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawShaping {
+    max_connections: Option<i64>,
+    max_messages_per_connection: Option<i64>,
+    max_messages_per_minute: Option<i64>,
+}
+
+impl Validator<'_> {
+    /// Keys as `[routes]` keys, or a route target (`127.0.0.1:2526`, the
+    /// next hop as stored); every limit optional and positive. Sorted by
+    /// key with `"*"` last, so the order never depends on the file.
+    fn shaping(
+        &self,
+        raw: BTreeMap<String, RawShaping>,
+    ) -> Result<Vec<crate::shaping::Rule>, ConfigError> {
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        let mut out = Vec::new();
+        for (key, value) in raw {
+            let k = format!("shaping.{}", toml_key(&key));
+            let lower = key.to_ascii_lowercase();
+            if lower != "*" && parse_route(&lower).is_err() {
+                return Err(self.err(
+                    &k,
+                    format!("bad key {key:?} (expected a domain, host:port, [ip]:port or \"*\")"),
+                ));
+            }
+            if let Some(first) = seen.insert(lower.clone(), key.clone()) {
+                return Err(self.err(
+                    &k,
+                    format!(
+                        "same next hop as shaping.{} (keys are not case-sensitive)",
+                        toml_key(&first)
+                    ),
+                ));
+            }
+            let opt = |name: &str, v: Option<i64>| -> Result<Option<i64>, ConfigError> {
+                match v {
+                    None => Ok(None),
+                    Some(n) if n < 1 => Err(self.err(
+                        &format!("{k}.{name}"),
+                        format!("{n} is too small (at least 1; leave it out for no limit)"),
+                    )),
+                    Some(n) if n > i64::from(u32::MAX) => Err(self.err(
+                        &format!("{k}.{name}"),
+                        format!("{n} is too large (at most {})", u32::MAX),
+                    )),
+                    Some(n) => Ok(Some(n)),
+                }
+            };
+            let limits = crate::shaping::Limits {
+                max_connections: opt("max_connections", value.max_connections)?.map(|n| n as usize),
+                max_messages_per_connection: opt(
+                    "max_messages_per_connection",
+                    value.max_messages_per_connection,
+                )?
+                .map(|n| n as usize),
+                max_messages_per_minute: opt(
+                    "max_messages_per_minute",
+                    value.max_messages_per_minute,
+                )?
+                .map(|n| n as u32),
+            };
+            out.push(crate::shaping::Rule { key: lower, limits });
+        }
+        out.sort_by(|a, b| (a.key == "*", &a.key).cmp(&(b.key == "*", &b.key)));
+        Ok(out)
+    }
+}
+
+/// `[shaping."KEY"]` tables, only the limits that are set.
+fn shaping_to_toml(o: &mut String, rules: &[crate::shaping::Rule]) {
+    for rule in rules {
+        let _ = writeln!(o, "\n[shaping.{}]", q(&rule.key));
+        let l = &rule.limits;
+        if let Some(n) = l.max_connections {
+            let _ = writeln!(o, "max_connections = {n}");
+        }
+        if let Some(n) = l.max_messages_per_connection {
+            let _ = writeln!(o, "max_messages_per_connection = {n}");
+        }
+        if let Some(n) = l.max_messages_per_minute {
+            let _ = writeln!(o, "max_messages_per_minute = {n}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1607,5 +1702,81 @@ users_file = "users"
         let want: Vec<SocketAddr> =
             vec!["10.0.0.1:53".parse().unwrap(), "[::1]:53".parse().unwrap()];
         assert_eq!(resolv_conf_servers(text), want);
+    }
+
+    // `[shaping]`.
+
+    #[test]
+    fn shaping_parses_sorts_and_round_trips() {
+        let text = r#"
+[shaping."Gmail.com"]
+max_connections = 5
+max_messages_per_connection = 100
+max_messages_per_minute = 600
+[shaping."*"]
+max_messages_per_minute = 6000
+[shaping."127.0.0.1:2526"]
+max_connections = 2
+"#;
+        let c = parse(text).unwrap();
+        let keys: Vec<&str> = c.shaping.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["127.0.0.1:2526", "gmail.com", "*"]);
+        let gmail = crate::shaping::lookup(&c.shaping, "alt1.gmail.com").unwrap();
+        assert_eq!(gmail.max_connections, Some(5));
+        assert_eq!(gmail.max_messages_per_connection, Some(100));
+        assert_eq!(gmail.max_messages_per_minute, Some(600));
+        let local = crate::shaping::lookup(&c.shaping, "127.0.0.1:2526").unwrap();
+        assert_eq!(local.max_messages_per_minute, None);
+        let out = c.to_toml();
+        assert!(
+            out.contains("[shaping.\"gmail.com\"]\nmax_connections = 5\n"),
+            "{out}"
+        );
+        let back = Config::from_toml(&out, Path::new("/elsewhere"), "out").unwrap();
+        assert_eq!(back, c, "{out}");
+        assert_eq!(back.to_toml(), out);
+        assert!(parse("").unwrap().shaping.is_empty());
+    }
+
+    #[test]
+    fn shaping_errors_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[shaping.\"a.example\"]\nmax_rate = 5",
+                "unknown field `max_rate`",
+            ),
+            (
+                "[shaping.\"a.example\"]\nmax_connections = 0",
+                "mailhop.toml: shaping.\"a.example\".max_connections: 0 is too small",
+            ),
+            (
+                "[shaping.\"a.example\"]\nmax_messages_per_minute = -3",
+                "shaping.\"a.example\".max_messages_per_minute: -3 is too small",
+            ),
+            (
+                "[shaping.\"a.example\"]\nmax_messages_per_connection = 0",
+                "shaping.\"a.example\".max_messages_per_connection: 0 is too small",
+            ),
+            (
+                "[shaping.\"a.example\"]\nmax_messages_per_minute = 99999999999",
+                "is too large",
+            ),
+            (
+                "[shaping.\"bad key\"]\nmax_connections = 1",
+                "shaping.\"bad key\": bad key",
+            ),
+            (
+                "[shaping.\"A.example\"]\n[shaping.\"a.EXAMPLE\"]",
+                "same next hop as shaping.\"A.example\"",
+            ),
+            (
+                "[shaping.\"a.example\"]\nmax_connections = \"5\"",
+                "invalid type",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = err(text);
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
     }
 }

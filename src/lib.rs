@@ -7,6 +7,8 @@
 //! - [`event_loop`]: the only `mio` code: sockets, deadlines, group commit.
 //! - [`queue`]: the only SQL (with `schema/`).
 //! - [`policy`]: who may relay where, and each recipient's next hop.
+//! - [`shaping`]: limits per next hop, sans-IO: `[shaping]` keys, the token
+//!   bucket, the back-off after a "slow down" reply.
 //! - [`config`] and [`cli`]: the TOML file and the command line.
 //! - [`sendmail`]: the sendmail command line, writing into the queue.
 //! - [`metrics`]: what `GET /metrics` shows; [`service`], [`pidfile`] and
@@ -31,5 +33,6 @@ pub mod reload;
 pub mod routing;
 pub mod sendmail;
 pub mod service;
+pub mod shaping;
 pub mod smtp;
 pub mod tls;

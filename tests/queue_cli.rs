@@ -147,7 +147,8 @@ fn views_and_every_read_command_show_the_deferred_message() {
         ),
         (
             "hosts",
-            "next_hop state failures last_error next_retry queued",
+            // The spec's columns, then the limits of 0006 (traffic shaping).
+            "next_hop state failures last_error next_retry queued rate_limit connection_limit shaped_reason",
         ),
     ];
     for (view, columns) in spec {

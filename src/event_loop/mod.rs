@@ -8,6 +8,7 @@ mod inbound;
 mod outbound;
 mod reload;
 mod scheduler;
+mod shaper;
 mod transport;
 
 pub use reload::{listen_addrs, Reloader};
@@ -233,6 +234,8 @@ pub struct Server {
     jobs_in_memory: usize,
     /// Next hops that could not be reached, until their retry time.
     hosts: HashMap<String, HostHealth>,
+    /// `[shaping]` limits and back-offs of next hops.
+    shaper: shaper::Shaper,
     /// Messages whose delay warning went out in this run.
     warned: hashbrown::HashSet<String>,
     turn: Turn,
@@ -348,6 +351,7 @@ impl Server {
             to_dispatch: Vec::new(),
             jobs_in_memory: 0,
             hosts: HashMap::new(),
+            shaper: shaper::Shaper::default(),
             warned: hashbrown::HashSet::new(),
             turn: Turn::default(),
             next_scan: Instant::now(),
@@ -474,6 +478,7 @@ impl Server {
             }
             self.fire_deadlines();
             self.fire_out_deadlines();
+            self.fire_shaping();
             self.http_deadlines();
             self.dns_flush();
             if self.accept_paused_until.is_some_and(|t| t <= self.now) {
@@ -544,6 +549,7 @@ impl Server {
         let next = [
             self.deadlines.first().map(|d| d.0),
             self.out_deadlines.first().map(|d| d.0),
+            self.shaper.next_wake(),
             self.resolver.next_timeout(),
             self.turn.due(),
             self.shutdown,
@@ -636,6 +642,7 @@ impl Server {
             hosts,
             hold_backs,
             warned,
+            shaping,
             generated,
             since,
         } = std::mem::take(&mut self.turn);
@@ -645,6 +652,7 @@ impl Server {
             hosts,
             hold_backs,
             warned,
+            shaping,
         };
         // New mail goes straight to delivery while there is room for it.
         let lease_new = self.shutdown.is_none()
@@ -663,6 +671,7 @@ impl Server {
             hosts,
             hold_backs,
             warned,
+            shaping,
             ..
         } = batch;
         match result {
@@ -704,6 +713,7 @@ impl Server {
                     hosts,
                     hold_backs,
                     warned,
+                    shaping,
                     generated,
                     since,
                 };

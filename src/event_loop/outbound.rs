@@ -14,7 +14,7 @@ use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{write_out, Readiness, Server, Transport, OUT_BASE};
+use super::{shaper, write_out, Readiness, Server, Transport, OUT_BASE};
 use crate::config::{Config, RouteOptions, RouteTls};
 use crate::metrics::Direction;
 use crate::queue::{Lease, StoredMessage};
@@ -112,6 +112,10 @@ impl Server {
             }
             return;
         }
+        if let Some(until) = self.backing_off_until(hop) {
+            return self.hold_back_shaped(hop, until);
+        }
+        self.trim_shaped_backlog(hop);
         let idle: Vec<usize> = self
             .out
             .iter()
@@ -130,9 +134,15 @@ impl Server {
             .iter()
             .filter(|(_, c)| c.hop == hop && c.job.is_none() && !c.idle)
             .count();
+        // `[shaping]` and back-off: fewer connections, and no more new
+        // ones than the hop's tokens will keep busy.
+        let (per_host, tokens) = self
+            .shaped_room(hop, starting)
+            .unwrap_or((self.limits.out_per_host, usize::MAX));
         let mut to_open = waiting
             .saturating_sub(starting)
-            .min(self.limits.out_per_host.saturating_sub(on_hop))
+            .min(per_host.saturating_sub(on_hop))
+            .min(tokens)
             .min(self.limits.out_total.saturating_sub(self.out.len()));
         while to_open > 0 {
             let Some((label, addr)) = self.destinations.get(hop).and_then(|d| d.host()).cloned()
@@ -516,12 +526,27 @@ impl Server {
     /// Gives the connection the next job of its hop, or parks it idle (or
     /// says QUIT when stopping).
     fn next_job(&mut self, key: usize) {
-        let conn = &mut self.out[key];
         let job = if self.shutdown.is_some() {
             None
-        } else {
+        } else if !self.shaper.is_active() {
+            let conn = &self.out[key];
             self.jobs.get_mut(&conn.hop).and_then(VecDeque::pop_front)
+        } else {
+            let hop = self.out[key].hop.clone();
+            if self.jobs.get(&hop).is_none_or(|q| q.is_empty()) {
+                None
+            } else {
+                match self.gate(&hop, key) {
+                    shaper::Gate::Send => self.jobs.get_mut(&hop).and_then(VecDeque::pop_front),
+                    shaper::Gate::Wait => None,
+                    shaper::Gate::Quit => {
+                        debug!("outbound {key}: max_messages_per_connection reached, QUIT");
+                        return self.out[key].client.quit();
+                    }
+                }
+            }
         };
+        let conn = &mut self.out[key];
         match job {
             Some(mut job) => {
                 let hostname = &self.settings.hostname;
@@ -551,6 +576,18 @@ impl Server {
         if conn.next.is_some() || self.shutdown.is_some() || !conn.client.may_send_next() {
             return;
         }
+        if self.shaper.is_active() {
+            if self.jobs.get(&conn.hop).is_none_or(|q| q.is_empty()) {
+                return;
+            }
+            let hop = conn.hop.clone();
+            // Waiting or quitting: the current job ends first, and
+            // `next_job` decides after it.
+            if !matches!(self.gate(&hop, key), shaper::Gate::Send) {
+                return;
+            }
+        }
+        let conn = &mut self.out[key];
         let Some(mut job) = self.jobs.get_mut(&conn.hop).and_then(VecDeque::pop_front) else {
             return;
         };
@@ -626,6 +663,7 @@ impl Server {
         self.metrics.outbound_open.dec();
         self.out_deadlines.remove(&(conn.deadline, key));
         debug!("closed outbound {key} to {} [{}]", conn.hop, conn.addr);
+        self.shaped_conn_closed(&conn.hop, key);
         for job in [conn.job, conn.next].into_iter().flatten() {
             // Only when stopping: the lease stays active and is retried
             // after the restart.

@@ -143,6 +143,7 @@ impl Server {
         self.retry = config.retry.clone();
         self.timeouts = config.timeouts.clone();
         self.maildir = config.maildir.clone();
+        self.set_shaping(config.shaping.clone());
         self.honor_routes = config.source_routes == SourceRoutes::Honor;
         if !self.resolver.set_servers(config.dns_servers.clone()) {
             warn!("dns.servers: none configured; the previous servers stay in use");

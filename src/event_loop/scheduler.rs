@@ -302,6 +302,9 @@ impl Server {
         retry_at: Option<SystemTime>,
     ) {
         self.jobs_in_memory -= 1;
+        if remote.is_some() {
+            self.shaping_reply(&job.lease.next_hop, replies, &fallback);
+        }
         let replies: Vec<Reply> = (0..job.lease.recipients.len())
             .map(|i| replies.get(i).cloned().unwrap_or_else(|| fallback.clone()))
             .collect();
@@ -493,6 +496,8 @@ pub(super) struct Turn {
     pub(super) hosts: Vec<crate::queue::HostUpdate>,
     pub(super) hold_backs: Vec<crate::queue::HoldBack>,
     pub(super) warned: Vec<String>,
+    /// Limits in force on next hops that changed (`hosts` view).
+    pub(super) shaping: Vec<crate::queue::ShapeUpdate>,
     /// Bounces and delay warnings we made.
     pub(super) generated: Vec<Message>,
     /// When the oldest uncommitted outcome was decided.
@@ -511,6 +516,7 @@ impl Turn {
             || !self.hosts.is_empty()
             || !self.hold_backs.is_empty()
             || !self.warned.is_empty()
+            || !self.shaping.is_empty()
             || self.outcomes.len() >= OUTCOMES_BATCH
     }
 
@@ -526,6 +532,7 @@ impl Turn {
             && self.hosts.is_empty()
             && self.hold_backs.is_empty()
             && self.warned.is_empty()
+            && self.shaping.is_empty()
             && self.generated.is_empty()
     }
 }

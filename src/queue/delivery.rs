@@ -13,7 +13,7 @@ use crate::smtp::dsn::{Notify, Ret};
 
 use super::{
     iso8601, parse_time, sql, Batch, HoldBack, HostUpdate, Lease, LeasedRecipient, Outcome, Queue,
-    QueueError, RecipientState, StoredMessage,
+    QueueError, RecipientState, ShapeUpdate, StoredMessage,
 };
 
 /// Due work, oldest first; served by the partial index `recipients_due`.
@@ -63,6 +63,9 @@ pub(super) fn apply(conn: &Connection, batch: &Batch<'_>) -> Result<(), QueueErr
     }
     for host in &batch.hosts {
         upsert_host(conn, host)?;
+    }
+    for shape in &batch.shaping {
+        upsert_shape(conn, shape)?;
     }
     for hold in &batch.hold_backs {
         hold_back(conn, hold)?;
@@ -211,6 +214,28 @@ fn upsert_host(conn: &Connection, h: &HostUpdate) -> Result<(), QueueError> {
         ])
     })
     .map_err(|e| QueueError(format!("queue: state of {}: {e}", h.next_hop)))?;
+    Ok(())
+}
+
+/// Only the limit columns: the hop's state is `upsert_host`'s.
+fn upsert_shape(conn: &Connection, s: &ShapeUpdate) -> Result<(), QueueError> {
+    conn.prepare_cached(
+        "INSERT INTO host_state (next_hop, rate_limit, connection_limit, shaped_reason)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (next_hop) DO UPDATE
+         SET rate_limit = excluded.rate_limit,
+             connection_limit = excluded.connection_limit,
+             shaped_reason = excluded.shaped_reason",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            s.next_hop,
+            s.rate_limit,
+            s.connection_limit,
+            s.reason
+        ])
+    })
+    .map_err(|e| QueueError(format!("queue: limits of {}: {e}", s.next_hop)))?;
     Ok(())
 }
 

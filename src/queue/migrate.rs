@@ -21,6 +21,10 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../schema/0004_body_chunks.sql"),
     ),
     ("0005_dsn.sql", include_str!("../../schema/0005_dsn.sql")),
+    (
+        "0006_shaping.sql",
+        include_str!("../../schema/0006_shaping.sql"),
+    ),
 ];
 
 /// Applies the missing migrations in one transaction, so a crash leaves the

@@ -270,6 +270,16 @@ pub struct HostUpdate {
     pub next_retry: Option<SystemTime>,
 }
 
+/// The limits in force on a next hop, for the `hosts` view; `None`: no
+/// limit. A hop without limits and without a row gets none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeUpdate {
+    pub next_hop: String,
+    pub rate_limit: Option<u32>,
+    pub connection_limit: Option<u32>,
+    pub reason: Option<String>,
+}
+
 /// Push every waiting recipient of a failing next hop to its retry time,
 /// so a dead host costs no attempt per message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,6 +298,7 @@ pub struct Batch<'a> {
     pub hold_backs: Vec<HoldBack>,
     /// Message IDs whose delay warning went out.
     pub warned: Vec<String>,
+    pub shaping: Vec<ShapeUpdate>,
 }
 
 impl Batch<'_> {
@@ -297,6 +308,7 @@ impl Batch<'_> {
             && self.hosts.is_empty()
             && self.hold_backs.is_empty()
             && self.warned.is_empty()
+            && self.shaping.is_empty()
     }
 }
 

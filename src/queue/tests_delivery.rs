@@ -385,7 +385,10 @@ fn hosts_view_counts_waiting_recipients() {
             "3",
             "connection refused",
             "2023-11-14T22:18:20Z",
-            "2"
+            "2",
+            "NULL",
+            "NULL",
+            "NULL"
         ]]
     );
     // One delivered: no longer waiting.
@@ -399,12 +402,57 @@ fn hosts_view_counts_waiting_recipients() {
             last_error: None,
             next_retry: None,
         }],
+        shaping: vec![ShapeUpdate {
+            next_hop: "b.example".into(),
+            rate_limit: Some(300),
+            connection_limit: Some(10),
+            reason: Some("421 4.7.0 slow down (backing off until ...)".into()),
+        }],
         ..Batch::default()
     })
     .unwrap();
     assert_eq!(
         rows(&c, "SELECT * FROM hosts"),
-        [["b.example", "up", "0", "NULL", "NULL", "1"]]
+        [[
+            "b.example",
+            "up",
+            "0",
+            "NULL",
+            "NULL",
+            "1",
+            "300",
+            "10",
+            "421 4.7.0 slow down (backing off until ...)"
+        ]]
+    );
+    // The hop's state and its limits are written apart: neither clobbers
+    // the other; limits alone make a row for a hop not yet tried.
+    q.commit_turn(&Batch {
+        hosts: vec![HostUpdate {
+            next_hop: "b.example".into(),
+            up: false,
+            failures: 1,
+            last_error: Some("refused".into()),
+            next_retry: None,
+        }],
+        shaping: vec![ShapeUpdate {
+            next_hop: "c.example".into(),
+            rate_limit: Some(60),
+            connection_limit: None,
+            reason: Some("config".into()),
+        }],
+        ..Batch::default()
+    })
+    .unwrap();
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT next_hop, state, rate_limit, connection_limit, shaped_reason FROM hosts ORDER BY 1"
+        ),
+        [
+            ["b.example", "failing", "300", "10", "421 4.7.0 slow down (backing off until ...)"],
+            ["c.example", "up", "60", "NULL", "config"]
+        ]
     );
 }
 

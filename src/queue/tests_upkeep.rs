@@ -76,7 +76,11 @@ fn views_have_the_spec_columns() {
             "failures",
             "last_error",
             "next_retry",
-            "queued"
+            "queued",
+            // 0006: the limits in force, after the columns of 0002.
+            "rate_limit",
+            "connection_limit",
+            "shaped_reason"
         ]
     );
     assert_eq!(columns(&c, "queue").len(), 10);
@@ -168,6 +172,7 @@ fn failing_turn_leaves_nothing_applied() {
             }],
             hold_backs: vec![],
             warned: vec!["F1".into()],
+            shaping: vec![],
         }
     };
 

@@ -27,6 +27,8 @@ pub struct Transaction {
     pub behind_the_dot: bool,
     /// BDAT chunks it came in (0: it came after DATA).
     pub bdat_chunks: usize,
+    /// When its end of data was read.
+    pub arrived: Option<Instant>,
 }
 
 /// Decides the reply to RCPT (by its argument) and to the end of data (by
@@ -43,6 +45,9 @@ pub struct Sink {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<Transaction>>>,
     pub connections: Arc<AtomicUsize>,
+    /// Connections open now, and the most that were open at once.
+    pub open: Arc<AtomicUsize>,
+    pub max_open: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -78,14 +83,22 @@ impl Sink {
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(AtomicUsize::new(0));
+        let max_open = Arc::new(AtomicUsize::new(0));
         let (r, c, s) = (received.clone(), connections.clone(), stop.clone());
+        let (o, m) = (open.clone(), max_open.clone());
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let n = c.fetch_add(1, Ordering::SeqCst);
-                        let (r, script) = (r.clone(), script.clone());
-                        std::thread::spawn(move || serve(stream, n, r, script, chunking, dsn));
+                        let now_open = o.fetch_add(1, Ordering::SeqCst) + 1;
+                        m.fetch_max(now_open, Ordering::SeqCst);
+                        let (r, script, o) = (r.clone(), script.clone(), o.clone());
+                        std::thread::spawn(move || {
+                            serve(stream, n, r, script, chunking, dsn);
+                            o.fetch_sub(1, Ordering::SeqCst);
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -95,6 +108,8 @@ impl Sink {
             addr,
             received,
             connections,
+            open,
+            max_open,
             stop,
         })
     }
@@ -238,11 +253,12 @@ fn serve(
 }
 
 /// The whole message is in: the script's reply, or kept and 250.
-fn end_of_data(t: Transaction, received: &Mutex<Vec<Transaction>>, script: &Script) -> String {
+fn end_of_data(mut t: Transaction, received: &Mutex<Vec<Transaction>>, script: &Script) -> String {
     let before = received.lock().unwrap().len();
     match script(Stage::EndOfData, "", before) {
         Some(reply) => reply,
         None => {
+            t.arrived = Some(Instant::now());
             received.lock().unwrap().push(t);
             "250 2.0.0 Ok: queued".to_string()
         }
