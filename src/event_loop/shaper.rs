@@ -37,6 +37,10 @@ struct HopShape {
     held: bool,
 }
 
+/// Next hops remembered as having no limits, at most (then forgotten and
+/// looked up again: a match against a handful of rules).
+const MAX_UNSHAPED_REMEMBERED: usize = 10_000;
+
 #[derive(Default)]
 pub(super) struct Shaper {
     rules: Vec<Rule>,
@@ -149,6 +153,10 @@ impl Server {
                 true
             }
             None => {
+                // A cache of lookups, bounded: a relay talks to the world.
+                if self.shaper.unshaped.len() >= MAX_UNSHAPED_REMEMBERED {
+                    self.shaper.unshaped.clear();
+                }
                 self.shaper.unshaped.insert(hop.to_string());
                 false
             }
