@@ -5,8 +5,6 @@
 //! the same fact has committed, so after a run they equal the rows of the
 //! `deliveries` and `attempts` views.
 
-use std::time::Duration;
-
 use hashbrown::HashMap;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -460,11 +458,6 @@ fn to_text_format(openmetrics: &str, out: &mut String) {
             }
         }
     }
-}
-
-/// Seconds, for the histograms.
-pub fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
 }
 
 #[cfg(test)]

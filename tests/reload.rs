@@ -24,36 +24,6 @@ fn write_config(dir: &Path, listen: &str, body: &str) {
     std::fs::write(dir.join("mailhop.toml"), text).unwrap();
 }
 
-fn hup(mailhop: &Mailhop) {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(mailhop.child.id() as i32, libc::SIGHUP) };
-}
-
-/// Waits for the `n`th log line containing `needle`.
-fn wait_log(mailhop: &Mailhop, needle: &str, n: usize) {
-    let start = Instant::now();
-    while mailhop.log().matches(needle).count() < n {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no {needle:?} in the log:\n{}",
-            mailhop.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A certificate for localhost, written as `name`.pem and `name`-key.pem.
-fn certificate(dir: &Path, name: &str) -> CertificateDer<'static> {
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    std::fs::write(dir.join(format!("{name}.pem")), made.cert.pem()).unwrap();
-    std::fs::write(
-        dir.join(format!("{name}-key.pem")),
-        made.signing_key.serialize_pem(),
-    )
-    .unwrap();
-    made.cert.der().clone()
-}
-
 /// STARTTLS trusting only `cert`: true when the handshake succeeds, so
 /// the relay presents exactly that certificate.
 fn presents(addr: SocketAddr, cert: &CertificateDer<'static>) -> bool {
@@ -129,8 +99,8 @@ fn routed_to(sink: &Sink) -> String {
 fn sighup_under_load_changes_the_route_and_the_certificate_losing_nothing() {
     let dir = tempdir();
     let (first, second) = (Sink::start(), Sink::start());
-    let cert_a = certificate(dir.path(), "a");
-    let cert_b = certificate(dir.path(), "b");
+    let cert_a = certificate_as(dir.path(), "a.pem", "a-key.pem");
+    let cert_b = certificate_as(dir.path(), "b.pem", "b-key.pem");
     let tls = |name: &str| format!("[tls]\ncert = \"{name}.pem\"\nkey = \"{name}-key.pem\"\n");
     let mailhop = start_in(dir.path(), &format!("{}{}", routed_to(&first), tls("a")));
     assert!(presents(mailhop.addr, &cert_a));
@@ -149,8 +119,8 @@ fn sighup_under_load_changes_the_route_and_the_certificate_losing_nothing() {
         "\"127.0.0.1:0\"",
         &format!("{}{}", routed_to(&second), tls("b")),
     );
-    hup(&mailhop);
-    wait_log(&mailhop, "reloaded", 1);
+    mailhop.hangup();
+    mailhop.wait_log("reloaded", 1);
     second.wait_for(50, Duration::from_secs(60));
     stop.store(true, Ordering::SeqCst);
     let replies: Vec<String> = loaders
@@ -215,8 +185,8 @@ fn a_broken_config_is_refused_and_the_old_one_stays() {
             write_config(dir.path(), "\"127.0.0.1:0\"", &broken);
         }
         let before = mailhop.log().matches("reload refused").count();
-        hup(&mailhop);
-        wait_log(&mailhop, "reload refused", before + 1);
+        mailhop.hangup();
+        mailhop.wait_log("reload refused", before + 1);
         let line = mailhop
             .log()
             .lines()
@@ -246,8 +216,8 @@ fn listeners_come_and_go_and_their_sessions_finish() {
     // Add a second listener.
     let with = |port: u16| format!("\"127.0.0.1:0\", \"127.0.0.1:{port}\"");
     write_config(dir.path(), &with(old_port), &routed_to(&sink));
-    hup(&mailhop);
-    wait_log(&mailhop, "reloaded", 1);
+    mailhop.hangup();
+    mailhop.wait_log("reloaded", 1);
     let old: SocketAddr = format!("127.0.0.1:{old_port}").parse().unwrap();
     let mut session = Client::connect(old);
     expect(&session.reply(), "220");
@@ -255,8 +225,8 @@ fn listeners_come_and_go_and_their_sessions_finish() {
     expect(&session.cmd("MAIL FROM:<a@src.test>"), "250");
     // Move it: the session on the old one goes on.
     write_config(dir.path(), &with(new_port), &routed_to(&sink));
-    hup(&mailhop);
-    wait_log(&mailhop, "reloaded", 2);
+    mailhop.hangup();
+    mailhop.wait_log("reloaded", 2);
     expect(&session.cmd("RCPT TO:<r@dst.test>"), "250");
     expect(&session.cmd("DATA"), "354");
     session.send(b"Subject: kept\r\n\r\nbody\r\n.\r\n");
@@ -301,7 +271,7 @@ fn mailhop_reload_finds_serve_by_the_configs_pid_file() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("sent SIGHUP"));
-    wait_log(&mailhop, "reloaded", 1);
+    mailhop.wait_log("reloaded", 1);
     let (reply, _) = one_transaction(mailhop.addr, "r@dst.test");
     expect(&reply, "250");
     second.wait_for(1, Duration::from_secs(30));
@@ -329,8 +299,8 @@ fn sessions_keep_the_limits_they_started_with() {
     expect(&old.reply(), "220");
     assert!(old.cmd("EHLO old.test").contains("SIZE 100000"));
     write_config(dir.path(), "\"127.0.0.1:0\"", &limits(2_000));
-    hup(&mailhop);
-    wait_log(&mailhop, "reloaded", 1);
+    mailhop.hangup();
+    mailhop.wait_log("reloaded", 1);
     let mut new = mailhop.connect();
     expect(&new.reply(), "220");
     assert!(new.cmd("EHLO new.test").contains("SIZE 2000"));

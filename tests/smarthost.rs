@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,34 +13,6 @@ use common::*;
 const USER: &str = "relay-user";
 /// Distinctive, so that finding it anywhere is no accident.
 const PASSWORD: &str = "Sm4rt-h0st-pa55word";
-
-/// A certificate for localhost/127.0.0.1, written as cert.pem and key.pem.
-fn certificate(dir: &Path) {
-    let made =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap();
-    std::fs::write(dir.join("cert.pem"), made.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), made.signing_key.serialize_pem()).unwrap();
-}
-
-/// `mailhop passwd NAME` with `password` on stdin; its output line.
-fn passwd(name: &str, password: &str) -> String {
-    let mut child = Command::new(BIN)
-        .args(["passwd", name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// The provider: relays only for `relay-user` (AUTH only over TLS), keeps
 /// what it accepts in its queue (its own next hop is a closed port).
@@ -390,24 +361,6 @@ fn config_errors_name_the_key() {
     assert_eq!(code, 0, "{err}");
 }
 
-fn hup(mailhop: &Mailhop) {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(mailhop.child.id() as i32, libc::SIGHUP) };
-}
-
-/// Waits for the `n`th log line containing `needle`.
-fn wait_log(mailhop: &Mailhop, needle: &str, n: usize) {
-    let start = Instant::now();
-    while mailhop.log().matches(needle).count() < n {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no {needle:?} in the log:\n{}",
-            mailhop.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn reload_reads_the_password_file_again() {
     let dir_s = tempdir();
@@ -427,8 +380,8 @@ fn reload_reads_the_password_file_again() {
     // Gone: the reload is refused, naming the key and the file.
     let secret = dir.path().join("smarthost.secret");
     std::fs::remove_file(&secret).unwrap();
-    hup(&alpha);
-    wait_log(&alpha, "reload refused", 1);
+    alpha.hangup();
+    alpha.wait_log("reload refused", 1);
     let log = alpha.log();
     assert!(
         log.contains("routes.\"*\".password_file: cannot read") && log.contains("smarthost.secret"),
@@ -436,8 +389,8 @@ fn reload_reads_the_password_file_again() {
     );
     // Another password: the next connection uses it (and is refused).
     std::fs::write(&secret, "changed-and-wrong\n").unwrap();
-    hup(&alpha);
-    wait_log(&alpha, "reloaded", 1);
+    alpha.hangup();
+    alpha.wait_log("reloaded", 1);
     // A connection already open keeps the session it authenticated (idle
     // ones are kept 5 s): the new password is for new connections.
     std::thread::sleep(Duration::from_secs(6));

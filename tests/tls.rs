@@ -54,16 +54,6 @@ impl Smtp {
     }
 }
 
-/// A certificate for localhost/127.0.0.1, written as cert.pem and key.pem.
-fn certificate(dir: &Path) -> CertificateDer<'static> {
-    let made =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap();
-    std::fs::write(dir.join("cert.pem"), made.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), made.signing_key.serialize_pem()).unwrap();
-    made.cert.der().clone()
-}
-
 fn client_config(cert: &CertificateDer<'static>) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(cert.clone()).unwrap();
@@ -87,25 +77,6 @@ fn tcp(addr: SocketAddr) -> TcpStream {
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     tcp
-}
-
-/// `mailhop passwd NAME` with `password` on stdin; its output line.
-fn passwd(name: &str, password: &str) -> String {
-    let mut child = Command::new(BIN)
-        .args(["passwd", name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
 }
 
 const USER: &str = "alice";

@@ -70,9 +70,26 @@ impl Http {
     }
 }
 
-/// What a request line asks for; `None` while the request is incomplete.
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Wanted {
+    /// `HEAD`: the answer without its body.
+    head: bool,
+    page: Page,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Page {
+    Health,
+    /// `openmetrics`: the scraper's `Accept` asks for OpenMetrics.
+    Metrics {
+        openmetrics: bool,
+    },
+}
+
+/// What a request asks for; `None` while the request is incomplete.
 /// Only `GET` (and `HEAD`) of two paths exist.
-fn route(request: &[u8]) -> Option<Result<(bool, String), Answer>> {
+fn route(request: &[u8]) -> Option<Result<Wanted, Answer>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(request) {
@@ -94,17 +111,16 @@ fn route(request: &[u8]) -> Option<Result<(bool, String), Answer>> {
             };
             let path = req.path.unwrap_or("/");
             let path = path.split('?').next().unwrap_or(path);
-            let wants_openmetrics = req.headers.iter().any(|h| {
+            let openmetrics = req.headers.iter().any(|h| {
                 h.name.eq_ignore_ascii_case("accept")
                     && String::from_utf8_lossy(h.value).contains("application/openmetrics-text")
             });
-            match path {
-                "/metrics" | "/healthz" => Some(Ok((
-                    head,
-                    format!("{path} {}", if wants_openmetrics { "om" } else { "" }),
-                ))),
-                _ => Some(Err(Answer::text("404 Not Found", "not found\n"))),
-            }
+            let page = match path {
+                "/metrics" => Page::Metrics { openmetrics },
+                "/healthz" => Page::Health,
+                _ => return Some(Err(Answer::text("404 Not Found", "not found\n"))),
+            };
+            Some(Ok(Wanted { head, page }))
         }
     }
 }
@@ -193,7 +209,7 @@ impl Server {
             if let Some(routed) = routed {
                 done = false;
                 let (head, answer) = match routed {
-                    Ok((head, what)) => (head, self.http_answer(&what)),
+                    Ok(wanted) => (wanted.head, self.http_answer(wanted.page)),
                     Err(answer) => (false, answer),
                 };
                 let conn = &mut self.http.conns[key];
@@ -215,13 +231,12 @@ impl Server {
         }
     }
 
-    fn http_answer(&mut self, what: &str) -> Answer {
-        if what.starts_with("/healthz") {
+    fn http_answer(&mut self, page: Page) -> Answer {
+        let Page::Metrics { openmetrics } = page else {
             return Answer::text("200 OK", "ok\n");
-        }
+        };
         self.refresh_gauges();
         let mut text = String::with_capacity(16 * 1024);
-        let openmetrics = what.ends_with("om");
         if openmetrics {
             self.metrics.encode_openmetrics(&mut text);
         } else {
@@ -312,7 +327,7 @@ mod tests {
 
     fn status(request: &[u8]) -> Option<String> {
         route(request).map(|r| match r {
-            Ok((head, what)) => format!("ok {head} {what}"),
+            Ok(wanted) => format!("{wanted:?}"),
             Err(a) => a.status.to_string(),
         })
     }
@@ -323,10 +338,16 @@ mod tests {
         for cut in 0..full.len() {
             assert_eq!(status(&full[..cut]), None, "cut at {cut}");
         }
-        assert_eq!(status(full).as_deref(), Some("ok false /metrics om"));
+        let wanted = |head, page| Some(format!("{:?}", Wanted { head, page }));
+        let metrics = |openmetrics| Page::Metrics { openmetrics };
+        assert_eq!(status(full), wanted(false, metrics(true)));
         assert_eq!(
-            status(b"HEAD /healthz HTTP/1.0\r\n\r\n").as_deref(),
-            Some("ok true /healthz ")
+            status(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n"),
+            wanted(false, metrics(false))
+        );
+        assert_eq!(
+            status(b"HEAD /healthz HTTP/1.0\r\n\r\n"),
+            wanted(true, Page::Health)
         );
     }
 

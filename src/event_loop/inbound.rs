@@ -230,12 +230,8 @@ impl Server {
                 self.handshakes_left -= 1;
             }
             let read = conn.transport.read(&mut self.scratch);
-            if handshaking {
-                if !conn.transport.is_handshaking() {
-                    self.metrics.handshake(Direction::inbound, true);
-                } else if handshake_failed(&read) {
-                    self.metrics.handshake(Direction::inbound, false);
-                }
+            if let Some(ok) = conn.transport.handshake_outcome(handshaking, &read) {
+                self.metrics.handshake(Direction::inbound, ok);
             }
             match read {
                 Ok(0) => conn.eof = true,
@@ -304,19 +300,6 @@ impl Server {
             }
         }
         debug!("disconnect [{}] session {key}", conn.ip);
-    }
-}
-
-/// A read during a handshake that ends it without success (EOF, an
-/// error other than "later").
-pub(super) fn handshake_failed(read: &io::Result<usize>) -> bool {
-    match read {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => !matches!(
-            e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-        ),
     }
 }
 

@@ -489,9 +489,8 @@ impl Server {
                 }
             }
             if self.keep_gathering(inbound_events) {
-                self.metrics.turn_duration.observe(crate::metrics::seconds(
-                    Instant::now().saturating_duration_since(turn_started),
-                ));
+                let turn = Instant::now().saturating_duration_since(turn_started);
+                self.metrics.turn_duration.observe(turn.as_secs_f64());
                 continue;
             }
             self.commit();
@@ -500,9 +499,8 @@ impl Server {
             self.dispatch_waiting();
             self.schedule();
             self.commit();
-            self.metrics.turn_duration.observe(crate::metrics::seconds(
-                Instant::now().saturating_duration_since(turn_started),
-            ));
+            let turn = Instant::now().saturating_duration_since(turn_started);
+            self.metrics.turn_duration.observe(turn.as_secs_f64());
             if let Some(deadline) = self.shutdown {
                 if self.conns.is_empty() || self.now >= deadline {
                     self.commit();
@@ -661,7 +659,7 @@ impl Server {
         let result = self.queue.commit_and_lease(&batch, lease_new);
         self.metrics
             .commit_duration
-            .observe(crate::metrics::seconds(started.elapsed()));
+            .observe(started.elapsed().as_secs_f64());
         if result.is_ok() {
             let leases = result.as_deref().unwrap_or_default();
             self.count_committed(&batch, leases, inbound.len());

@@ -349,11 +349,10 @@ impl Server {
             }
             let handshaking = conn.transport.is_handshaking();
             let read = conn.transport.read(&mut self.scratch);
-            if handshaking {
-                if !conn.transport.is_handshaking() {
-                    self.metrics.handshake(Direction::outbound, true);
-                } else if super::inbound::handshake_failed(&read) {
-                    self.metrics.handshake(Direction::outbound, false);
+            let handshake = conn.transport.handshake_outcome(handshaking, &read);
+            if let Some(ok) = handshake {
+                self.metrics.handshake(Direction::outbound, ok);
+                if !ok {
                     // A TLS problem (a bad certificate, say), not a
                     // network one: 4.7.5 (RFC 3463 "cryptographic failure").
                     let why = match &read {

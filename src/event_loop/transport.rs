@@ -42,6 +42,30 @@ impl Transport {
         self.tls.is_none()
     }
 
+    /// What a read that began during a handshake did to it: `Some(true)`
+    /// it finished, `Some(false)` it failed (EOF, an error other than
+    /// "later"), `None` no change (or there was no handshake).
+    pub(super) fn handshake_outcome(
+        &self,
+        was_handshaking: bool,
+        read: &io::Result<usize>,
+    ) -> Option<bool> {
+        if !was_handshaking {
+            return None;
+        }
+        if !self.is_handshaking() {
+            return Some(true);
+        }
+        let failed = match read {
+            Ok(n) => *n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ),
+        };
+        failed.then_some(false)
+    }
+
     /// A TLS handshake is under way: the next read may do its expensive part.
     pub(super) fn is_handshaking(&self) -> bool {
         self.tls.as_ref().is_some_and(|c| c.is_handshaking())

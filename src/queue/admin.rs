@@ -7,12 +7,14 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use rusqlite::{
-    params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
+    params, Connection, DatabaseName, OpenFlags, OptionalExtension, Transaction,
+    TransactionBehavior,
 };
 
 use super::{iso8601, migrate, set_pragmas, sql, QueueError, PRAGMAS};
 
-/// An operator can wait longer than the event loop for `serve`'s commits.
+/// Another process (an operator's command, `mailhop sendmail`) can wait
+/// longer than the event loop for `serve`'s commits.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The queue file opened by an operator's command.
@@ -37,34 +39,11 @@ impl Admin {
     /// otherwise show an empty queue). Pending migrations are applied, as
     /// `serve` would; leases are not touched (`serve` may hold them).
     pub fn open(path: &Path) -> Result<Admin, QueueError> {
-        if !path.is_file() {
-            return Err(QueueError(format!(
-                "queue {}: no such file (name the queue with --queue PATH or --config FILE)",
-                path.display()
-            )));
-        }
-        let mut conn = Connection::open_with_flags(
+        let conn = open_existing(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| QueueError(format!("queue {}: cannot open: {e}", path.display())))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(sql("busy timeout"))?;
-        let tables: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'recipients'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| QueueError(format!("queue {}: {e}", path.display())))?;
-        if tables == 0 {
-            return Err(QueueError(format!(
-                "queue {}: not a mailhop queue (no recipients table)",
-                path.display()
-            )));
-        }
-        set_pragmas(&conn, &PRAGMAS)?;
-        migrate::apply(&mut conn)?;
+            "name the queue with --queue PATH or --config FILE",
+            false,
+        )?;
         Ok(Admin { conn })
     }
 
@@ -231,4 +210,52 @@ fn wake_hops(conn: &Connection, id: Option<&str>, now: &str) -> Result<usize, Qu
         ),
     }
     .map_err(sql("wake next hops"))
+}
+
+/// Opens a queue file that `serve` made, for another process (`mailhop
+/// queue ...`, `mailhop sendmail`): never creates one (a mistyped path
+/// would otherwise show an empty queue, or take mail no `serve` sends),
+/// checks that it is a mailhop queue and applies pending migrations as
+/// `serve` would, and leaves leases alone (`serve` may hold them).
+/// `no_file_hint` ends the message for a missing file; `must_write`
+/// refuses a file this process may only read.
+pub(super) fn open_existing(
+    path: &Path,
+    no_file_hint: &str,
+    must_write: bool,
+) -> Result<Connection, QueueError> {
+    let shown = path.display();
+    if !path.is_file() {
+        return Err(QueueError(format!(
+            "queue {shown}: no such file ({no_file_hint})"
+        )));
+    }
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| QueueError(format!("queue {shown}: cannot open: {e}")))?;
+    // SQLite opens a file it may not write read-only, without a word.
+    if must_write && conn.is_readonly(DatabaseName::Main).unwrap_or(true) {
+        return Err(QueueError(format!(
+            "queue {shown}: permission denied (the file, its -wal and -shm files and its folder must be writable)"
+        )));
+    }
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(sql("busy timeout"))?;
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'recipients'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| QueueError(format!("queue {shown}: {e}")))?;
+    if tables == 0 {
+        return Err(QueueError(format!(
+            "queue {shown}: not a mailhop queue (no recipients table)"
+        )));
+    }
+    set_pragmas(&conn, &PRAGMAS)?;
+    migrate::apply(&mut conn)?;
+    Ok(conn)
 }

@@ -3,15 +3,8 @@
 //! transaction, with the same body pieces and message rows as `serve`.
 
 use std::path::Path;
-use std::time::Duration;
 
-use rusqlite::{Connection, DatabaseName, OpenFlags};
-
-use super::{body, configure_sqlite, migrate, set_pragmas, sql, Queue, QueueError, PRAGMAS};
-
-/// A user's sendmail may wait longer for `serve`'s commits than the event
-/// loop waits for anyone.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+use super::{admin, body, configure_sqlite, Queue, QueueError};
 
 impl Queue {
     /// Opens an existing queue to submit mail to. Never creates one (a
@@ -31,38 +24,11 @@ impl Queue {
                 )));
             }
         }
-        if !path.is_file() {
-            return Err(QueueError(format!(
-                "queue {shown}: no such file (`mailhop serve` creates it; name the queue in the config)"
-            )));
-        }
-        let mut conn = Connection::open_with_flags(
+        let conn = admin::open_existing(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| QueueError(format!("queue {shown}: cannot open: {e}")))?;
-        // SQLite opens a file it may not write read-only, without a word.
-        if conn.is_readonly(DatabaseName::Main).unwrap_or(true) {
-            return Err(QueueError(format!(
-                "queue {shown}: permission denied (the file, its -wal and -shm files and its folder must be writable)"
-            )));
-        }
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(sql("busy timeout"))?;
-        let tables: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'recipients'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| QueueError(format!("queue {shown}: {e}")))?;
-        if tables == 0 {
-            return Err(QueueError(format!(
-                "queue {shown}: not a mailhop queue (no recipients table)"
-            )));
-        }
-        set_pragmas(&conn, &PRAGMAS)?;
-        migrate::apply(&mut conn)?;
+            "`mailhop serve` creates it; name the queue in the config",
+            true,
+        )?;
         Ok(Queue {
             conn,
             data_version: None,

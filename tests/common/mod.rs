@@ -798,3 +798,63 @@ pub fn scrape(addr: SocketAddr) -> std::collections::BTreeMap<String, f64> {
         })
         .collect()
 }
+
+/// A self-signed certificate for localhost and 127.0.0.1, written as
+/// `cert.pem` and `key.pem` in `dir`.
+pub fn certificate(dir: &Path) -> rustls::pki_types::CertificateDer<'static> {
+    certificate_as(dir, "cert.pem", "key.pem")
+}
+
+/// As [`certificate`], into the files named.
+pub fn certificate_as(
+    dir: &Path,
+    cert: &str,
+    key: &str,
+) -> rustls::pki_types::CertificateDer<'static> {
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    std::fs::write(dir.join(cert), made.cert.pem()).unwrap();
+    std::fs::write(dir.join(key), made.signing_key.serialize_pem()).unwrap();
+    made.cert.der().clone()
+}
+
+/// `mailhop passwd NAME` with `password` on stdin; its output line.
+pub fn passwd(name: &str, password: &str) -> String {
+    let mut child = Command::new(BIN)
+        .args(["passwd", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+impl Mailhop {
+    /// SIGHUP: reload the config.
+    pub fn hangup(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+    }
+
+    /// Waits (bounded) until the log has `n` lines containing `needle`.
+    pub fn wait_log(&self, needle: &str, n: usize) {
+        let start = Instant::now();
+        while self.log().matches(needle).count() < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no {needle:?} in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
