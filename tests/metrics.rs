@@ -237,6 +237,19 @@ fn health_and_refusals_of_what_is_not_ours() {
     let dir = tempdir();
     let mailhop = start_in(dir.path(), "[metrics]\nlisten = \"127.0.0.1:0\"\n");
     let metrics = metrics_addr(&mailhop);
+    // Open SMTP sessions are counted; the scrape itself is not one.
+    let mut smtp = mailhop.connect();
+    expect(&smtp.reply(), "220");
+    assert_eq!(value(&scrape(metrics), "mailhop_inbound_sessions"), 1.0);
+    expect(&smtp.cmd("QUIT"), "221");
+    let start = Instant::now();
+    while value(&scrape(metrics), "mailhop_inbound_sessions") != 0.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the session stays counted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let ok = http_get(metrics, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(
         ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("\r\n\r\nok\n"),

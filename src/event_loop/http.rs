@@ -254,9 +254,12 @@ impl Server {
         }
     }
 
-    /// Gauges read at scrape time: the queue depth from memory, and the
-    /// oldest pending message (one indexed query, at most every few seconds).
+    /// Gauges read at scrape time: open sessions and the queue depth from
+    /// memory, and the oldest pending message (one indexed query, at most
+    /// every few seconds).
     fn refresh_gauges(&mut self) {
+        self.metrics.inbound_open.set(self.conns.len() as i64);
+        self.metrics.outbound_open.set(self.out.len() as i64);
         self.metrics.set_depth(self.depth);
         let pending = self.depth.queued + self.depth.deferred + self.depth.active + self.depth.held;
         let stale = self

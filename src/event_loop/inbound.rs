@@ -148,7 +148,6 @@ impl Server {
             self.deadlines.insert((deadline, key));
             *self.per_ip.entry(ip).or_insert(0) += 1;
             self.metrics.inbound_accepted.inc();
-            self.metrics.inbound_open.inc();
             debug!("connect from [{ip}] as session {key}");
             self.drive(key);
         }
@@ -287,7 +286,6 @@ impl Server {
     fn close(&mut self, key: usize) {
         let conn = self.conns.remove(key);
         self.trim_due = true;
-        self.metrics.inbound_open.dec();
         if let Some(id) = conn.session.unfinished_pieces() {
             debug!("{id}: session ended inside the data; its pieces are discarded");
             self.queue.discard_body(id);

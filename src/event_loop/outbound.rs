@@ -191,7 +191,6 @@ impl Server {
                 return self.hop_failed(hop, addr, reply);
             }
         };
-        self.metrics.outbound_open.inc();
         let deadline = self.now + self.timeouts.connect;
         let options = self.route_options.get(hop);
         let policy = if self.tls.required || tls != RouteTls::Opportunistic {
@@ -209,7 +208,6 @@ impl Server {
             // The first flight waits in rustls until the socket is writable.
             if let Err(e) = transport.start_client(config, name) {
                 let _ = self.poll.registry().deregister(&mut transport.stream);
-                self.metrics.outbound_open.dec();
                 let reply = Reply::local(451, "4.7.5", &format!("TLS with {label}: {e}"));
                 return self.hop_failed(hop, addr, reply);
             }
@@ -659,7 +657,6 @@ impl Server {
             return;
         }
         let conn = self.out.remove(key);
-        self.metrics.outbound_open.dec();
         self.out_deadlines.remove(&(conn.deadline, key));
         debug!("closed outbound {key} to {} [{}]", conn.hop, conn.addr);
         self.shaped_conn_closed(&conn.hop, key);
