@@ -102,6 +102,18 @@ pub struct Depth {
     pub held: i64,
 }
 
+impl From<[i64; 4]> for Depth {
+    /// As `Queue::pending_counts` gives them: queued, deferred, active, held.
+    fn from([queued, deferred, active, held]: [i64; 4]) -> Depth {
+        Depth {
+            queued,
+            deferred,
+            active,
+            held,
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub inbound_open: Gauge,

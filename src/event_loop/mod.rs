@@ -2,6 +2,7 @@
 //! sessions in a `Slab`, the deadlines that set the poll timeout, the group
 //! commit at the end of each turn, and the shutdown drain.
 
+mod counting;
 mod dns;
 mod http;
 mod inbound;
@@ -296,12 +297,7 @@ impl Server {
             .map(|a| a.ip())
             .collect();
         let depth = match queue.pending_counts() {
-            Ok([queued, deferred, active, held]) => Depth {
-                queued,
-                deferred,
-                active,
-                held,
-            },
+            Ok(counts) => Depth::from(counts),
             Err(e) => return Err(io::Error::other(e.to_string())),
         };
         let mut server = Server {
@@ -721,65 +717,6 @@ impl Server {
             if self.conns.contains(key) {
                 self.drive(key);
             }
-        }
-    }
-
-    /// What a committed batch did, for the metrics: the counters move only
-    /// once the queue holds the same facts.
-    fn count_committed(
-        &mut self,
-        batch: &Batch<'_>,
-        leases: &[crate::queue::Lease],
-        inbound: usize,
-    ) {
-        use crate::metrics::Outcome as Counted;
-        use crate::queue::RecipientState;
-        self.metrics
-            .commit_batch
-            .observe(batch.messages.len() as f64);
-        for message in &batch.messages[..inbound] {
-            self.metrics.messages_accepted.inc();
-            self.metrics
-                .recipients_accepted
-                .inc_by(message.recipients.len() as u64);
-            self.metrics.bytes_received.inc_by(message.size);
-        }
-        for message in &batch.messages {
-            self.depth.queued += message.recipients.len() as i64;
-        }
-        for lease in leases {
-            self.depth.queued -= lease.recipients.len() as i64;
-            self.depth.active += lease.recipients.len() as i64;
-        }
-        for outcome in &batch.outcomes {
-            self.depth.active -= 1;
-            let counted = match outcome.state {
-                RecipientState::Delivered => Counted::Delivered,
-                RecipientState::Deferred { .. } => {
-                    self.depth.deferred += 1;
-                    Counted::Deferred
-                }
-                RecipientState::Bounced => Counted::Bounced,
-                RecipientState::Expired => Counted::Expired,
-                RecipientState::Deleted => continue,
-            };
-            self.metrics
-                .outcome(&outcome.next_hop, counted, outcome.attempt.is_some());
-        }
-    }
-
-    /// Recounts the queue's pending recipients (another process changed it).
-    fn recount_depth(&mut self) {
-        match self.queue.pending_counts() {
-            Ok([queued, deferred, active, held]) => {
-                self.depth = Depth {
-                    queued,
-                    deferred,
-                    active,
-                    held,
-                }
-            }
-            Err(e) => error!("counting the queue: {e}"),
         }
     }
 
