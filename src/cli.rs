@@ -39,6 +39,45 @@ pub enum Command {
     Sendmail(SendmailArgs),
     /// Check the config, then tell the running `serve` to reload it (SIGHUP).
     Reload(ReloadArgs),
+    /// DKIM keys: `mailhop dkim keygen DOMAIN SELECTOR`.
+    Dkim(DkimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DkimArgs {
+    #[command(subcommand)]
+    pub command: DkimCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DkimCommand {
+    /// Make a signing key, write it to a new file (mode 0600), and print
+    /// the DNS TXT record to publish and the config table that uses it.
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// The domain that signs (`d=`): mail whose From is in it.
+    pub domain: String,
+    /// The selector (`s=`): the record goes at SELECTOR._domainkey.DOMAIN.
+    pub selector: String,
+    /// `rsa` (what every verifier knows) or `ed25519` (RFC 8463, short).
+    #[arg(long, value_enum, default_value_t = KeyAlgorithm::Rsa)]
+    pub algorithm: KeyAlgorithm,
+    /// RSA key size.
+    #[arg(long, default_value_t = 2048)]
+    pub bits: usize,
+    /// Where to write the private key; an existing file is never overwritten.
+    /// Default: SELECTOR.DOMAIN.pem in the current directory.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyAlgorithm {
+    Rsa,
+    Ed25519,
 }
 
 #[derive(Debug, Args)]

@@ -137,6 +137,19 @@ pub struct Tls {
     pub verify_outbound: bool,
 }
 
+/// One `[dkim."domain"]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DkimDomain {
+    /// Lower case, the signature's `d=`.
+    pub domain: String,
+    /// The signature's `s=`: the key is published at `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// A PEM private key: RSA (PKCS#8 or PKCS#1) or Ed25519 (PKCS#8).
+    pub key: PathBuf,
+    /// Also sign mail from subdomains of `domain` (with `d=domain`).
+    pub subdomains: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Where it came from (`None`: the embedded default), for messages.
@@ -175,6 +188,9 @@ pub struct Config {
     pub pid_file: Option<PathBuf>,
     /// `[shaping]`: limits per next hop, sorted by key with `"*"` last.
     pub shaping: Vec<crate::shaping::Rule>,
+    /// `[dkim."domain"]`, sorted by domain. The keys are secrets, read by
+    /// `serve` (`crate::dkim::Signers::load`), not by every command.
+    pub dkim: Vec<DkimDomain>,
 }
 
 /// A config problem: the message names the file, the key and the problem.
@@ -357,6 +373,7 @@ impl Config {
             .unwrap_or_default();
         let _ = writeln!(o, "listen = {}", q(&metrics));
         shaping_to_toml(&mut o, &self.shaping);
+        dkim_to_toml(&mut o, &self.dkim);
         o
     }
 }
@@ -435,6 +452,7 @@ struct RawConfig {
     metrics: RawMetrics,
     pid_file: Option<String>,
     shaping: BTreeMap<String, RawShaping>,
+    dkim: BTreeMap<String, RawDkim>,
 }
 
 #[derive(Deserialize, Default)]
@@ -630,6 +648,7 @@ impl Validator<'_> {
             metrics_listen,
             pid_file: self.opt_path(raw.pid_file),
             shaping: self.shaping(raw.shaping)?,
+            dkim: self.dkim(raw.dkim)?,
         })
     }
 
@@ -1310,6 +1329,72 @@ fn shaping_to_toml(o: &mut String, rules: &[crate::shaping::Rule]) {
     }
 }
 
+// ---------------------------------------------------------------------------
+// `[dkim."DOMAIN"]`: a signing key per From domain (see `crate::dkim`).
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawDkim {
+    selector: Option<String>,
+    key: Option<String>,
+    subdomains: Option<bool>,
+}
+
+impl Validator<'_> {
+    /// Only the tables: the key files are read by `serve` (they are
+    /// secrets, unreadable to `mailhop sendmail`'s users).
+    fn dkim(&self, raw: BTreeMap<String, RawDkim>) -> Result<Vec<DkimDomain>, ConfigError> {
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        let mut out = Vec::new();
+        for (domain, table) in raw {
+            let k = format!("dkim.{}", toml_key(&domain));
+            let lower = domain.to_ascii_lowercase();
+            check_domain(&lower).map_err(|why| self.err(&k, format!("{domain:?}: {why}")))?;
+            if let Some(first) = seen.insert(lower.clone(), domain.clone()) {
+                return Err(self.err(
+                    &k,
+                    format!(
+                        "same domain as dkim.{} (domains are not case-sensitive)",
+                        toml_key(&first)
+                    ),
+                ));
+            }
+            let selector = table.selector.ok_or_else(|| {
+                self.err(
+                    &format!("{k}.selector"),
+                    "missing (the s= of the signature)",
+                )
+            })?;
+            check_domain(&selector).map_err(|why| {
+                self.err(&format!("{k}.selector"), format!("{selector:?}: {why}"))
+            })?;
+            let key = table
+                .key
+                .filter(|f| !f.is_empty())
+                .ok_or_else(|| self.err(&format!("{k}.key"), "missing (a PEM private key file)"))?;
+            out.push(DkimDomain {
+                domain: lower,
+                selector,
+                key: resolve(self.base, &key),
+                subdomains: table.subdomains.unwrap_or(false),
+            });
+        }
+        // By domain as written to the queue, never by the file's case.
+        out.sort_by(|a, b| a.domain.cmp(&b.domain));
+        Ok(out)
+    }
+}
+
+/// `[dkim."DOMAIN"]` tables.
+fn dkim_to_toml(o: &mut String, tables: &[DkimDomain]) {
+    for t in tables {
+        let _ = writeln!(o, "\n[dkim.{}]", q(&t.domain));
+        let _ = writeln!(o, "selector = {}", q(&t.selector));
+        let _ = writeln!(o, "key = {}", qpath(Some(&t.key)));
+        let _ = writeln!(o, "subdomains = {}", t.subdomains);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1377,6 +1462,15 @@ verify_outbound = true
 
 [auth]
 users_file = "users"
+
+[dkim."Example.COM"]
+selector = "s1"
+key = "dkim/s1.pem"
+
+[dkim."corp.example"]
+selector = "2026.ed"
+key = "/keys/ed.pem"
+subdomains = true
 "#;
 
     #[test]
@@ -1657,6 +1751,30 @@ users_file = "users"
             out.contains("queue = \"/etc/mailhop/q/mailhop.db\""),
             "{out}"
         );
+        assert!(
+            out.contains("[dkim.\"example.com\"]\nselector = \"s1\"\nkey = \"/etc/mailhop/dkim/s1.pem\"\nsubdomains = false"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn dkim_tables_need_a_domain_a_selector_and_a_key() {
+        for (text, needles) in [
+            ("[dkim.\"example.com\"]\nkey = \"k.pem\"", &["dkim.\"example.com\".selector", "missing"][..]),
+            ("[dkim.\"example.com\"]\nselector = \"s1\"", &["dkim.\"example.com\".key", "missing"]),
+            ("[dkim.\"example.com\"]\nselector = \"s 1\"\nkey = \"k\"", &["dkim.\"example.com\".selector"]),
+            ("[dkim.\"exa mple.com\"]\nselector = \"s1\"\nkey = \"k\"", &["dkim.\"exa mple.com\""]),
+            (
+                "[dkim.\"example.com\"]\nselector = \"a\"\nkey = \"k\"\n[dkim.\"EXAMPLE.com\"]\nselector = \"b\"\nkey = \"k\"",
+                &["same domain"],
+            ),
+            ("[dkim.\"example.com\"]\nselector = \"s1\"\nkey = \"k\"\nalgorithm = \"rsa\"", &["unknown field"]),
+        ] {
+            let e = err(text);
+            for n in needles {
+                assert!(e.contains(n), "{text:?}: {e:?} lacks {n:?}");
+            }
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod bounce;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dkim;
 pub mod dns;
 pub mod event_loop;
 pub mod logbuf;

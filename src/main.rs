@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use log::{error, warn};
 
-use mailhop::cli::{Cli, Command, ReloadArgs, ServeArgs};
+use mailhop::cli::{Cli, Command, DkimCommand, KeyAlgorithm, KeygenArgs, ReloadArgs, ServeArgs};
 use mailhop::config::Config;
 use mailhop::event_loop::{self, Listener, Secrets, Server};
 use mailhop::pidfile::PidFile;
@@ -46,6 +46,9 @@ fn main() -> ExitCode {
         Command::Passwd(args) => passwd(&args.name),
         Command::Sendmail(args) => mailhop::sendmail::main(&args.args),
         Command::Reload(args) => reload(&args),
+        Command::Dkim(args) => match args.command {
+            DkimCommand::Keygen(args) => dkim_keygen(&args),
+        },
     }
 }
 
@@ -84,6 +87,61 @@ fn passwd(name: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `mailhop dkim keygen`: the key goes to a new file only this user can
+/// read; the record and the config table go to stdout.
+fn dkim_keygen(args: &KeygenArgs) -> ExitCode {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let domain = args.domain.trim_end_matches('.').to_ascii_lowercase();
+    for (what, name) in [("domain", &domain), ("selector", &args.selector)] {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+            return usage_error(&format!(
+                "dkim keygen: {name:?} is not a {what} (ASCII labels; IDNs in xn-- form)"
+            ));
+        }
+    }
+    let algorithm = match args.algorithm {
+        KeyAlgorithm::Rsa => mailhop::dkim::Algorithm::Rsa(args.bits),
+        KeyAlgorithm::Ed25519 => mailhop::dkim::Algorithm::Ed25519,
+    };
+    let pair = match mailhop::dkim::keygen(algorithm) {
+        Ok(pair) => pair,
+        Err(e) => return usage_error(&format!("dkim keygen: {e}")),
+    };
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from(format!("{}.{domain}.pem", args.selector)));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&out)
+        .and_then(|mut f| {
+            f.write_all(pair.private_pem.as_bytes())
+                .and_then(|()| f.sync_all())
+        });
+    if let Err(e) = written {
+        eprintln!("mailhop: dkim keygen: cannot write {}: {e}", out.display());
+        return ExitCode::FAILURE;
+    }
+    let key = std::path::absolute(&out).unwrap_or(out);
+    println!("; the private key is in {} (keep it secret)", key.display());
+    println!("; publish this record, then add the table to mailhop's config:");
+    println!("{}", pair.zone_line(&domain, &args.selector));
+    println!();
+    println!("[dkim.\"{domain}\"]");
+    println!("selector = \"{}\"", args.selector);
+    println!("key = {:?}", key.display().to_string());
+    ExitCode::SUCCESS
+}
+
 fn usage_error(e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("mailhop: {e}");
     ExitCode::from(EXIT_USAGE)
@@ -113,7 +171,10 @@ fn load_all(args: &ServeArgs) -> Result<(Config, Secrets), String> {
     if users.is_some() && tls.server.is_none() {
         warn!("auth.users_file is set but [tls] has no certificate: AUTH is only offered over TLS, so never");
     }
-    Ok((config, Secrets { tls, users }))
+    let dkim = mailhop::dkim::Signers::load(&config.dkim)
+        .map_err(|e| format!("{}: {e}", config_name(&config)))?
+        .map(std::sync::Arc::new);
+    Ok((config, Secrets { tls, users, dkim }))
 }
 
 fn serve(args: ServeArgs) -> ExitCode {

@@ -126,6 +126,7 @@ pub struct Metrics {
     handshakes: Family<DirectionLabels, Counter>,
     handshake_failures: Family<DirectionLabels, Counter>,
     auth: Family<ResultLabels, Counter>,
+    dkim: Family<ResultLabels, Counter>,
     outbound_connections: Family<ResultLabels, Counter>,
     pub outbound_open: Gauge,
     pub outbound_transactions: Counter,
@@ -163,6 +164,7 @@ impl Metrics {
             handshakes: Family::default(),
             handshake_failures: Family::default(),
             auth: Family::default(),
+            dkim: Family::default(),
             outbound_connections: Family::default(),
             outbound_open: Gauge::default(),
             outbound_transactions: Counter::default(),
@@ -235,6 +237,11 @@ impl Metrics {
             m.handshake_failures.clone(),
         );
         r.register("auth", "SMTP AUTH attempts, by result", m.auth.clone());
+        r.register(
+            "dkim_signatures",
+            "Committed messages from trusted clients, by DKIM result (signed, unsigned, failed)",
+            m.dkim.clone(),
+        );
         r.register(
             "outbound_connections",
             "Outbound connections to next hops, by result",
@@ -352,6 +359,15 @@ impl Metrics {
                 self.auth.get_or_create(&ResultLabels { result }).inc();
             }
         }
+    }
+
+    pub fn dkim(&self, outcome: &crate::dkim::Outcome) {
+        let result = match outcome {
+            crate::dkim::Outcome::Signed { .. } => "signed",
+            crate::dkim::Outcome::Unsigned(_) => "unsigned",
+            crate::dkim::Outcome::Failed(_) => "failed",
+        };
+        self.dkim.get_or_create(&ResultLabels { result }).inc();
     }
 
     pub fn handshake(&self, direction: Direction, ok: bool) {

@@ -169,6 +169,7 @@ struct Bound {
 pub struct Secrets {
     pub tls: crate::tls::TlsSetup,
     pub users: Option<crate::auth::Users>,
+    pub dkim: Option<std::sync::Arc<crate::dkim::Signers>>,
 }
 
 pub struct Server {
@@ -672,6 +673,10 @@ impl Server {
             Ok(leases) => {
                 for (key, message) in keys.iter().zip(&inbound) {
                     if let Some(conn) = self.conns.get_mut(*key) {
+                        if let Some(outcome) = conn.session.take_dkim() {
+                            log_dkim(&message.id, &outcome);
+                            self.metrics.dkim(&outcome);
+                        }
                         conn.session.committed(Ok(&message.id), &conn.settings);
                     }
                     info!(
@@ -856,4 +861,16 @@ fn write_out(transport: &mut Transport, out: &mut Vec<u8>) -> io::Result<bool> {
     };
     out.drain(..written);
     result
+}
+
+/// One line per message that was for signing: what was signed, or why not.
+fn log_dkim(id: &str, outcome: &crate::dkim::Outcome) {
+    use crate::dkim::Outcome;
+    match outcome {
+        Outcome::Signed {
+            domain, selector, ..
+        } => info!("{id}: dkim signed d={domain} s={selector}"),
+        Outcome::Unsigned(why) => info!("{id}: dkim not signed: {why}"),
+        Outcome::Failed(why) => warn!("{id}: dkim signing failed: {why}; sent unsigned"),
+    }
 }

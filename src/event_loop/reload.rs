@@ -131,6 +131,7 @@ impl Server {
         let mut settings = Settings::new(config);
         settings.starttls = secrets.tls.server.is_some();
         settings.users = secrets.users;
+        settings.dkim = secrets.dkim;
         self.settings = Rc::new(settings);
         self.tls = secrets.tls;
         self.route_options = super::outbound::route_options(config);

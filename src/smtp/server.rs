@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use memchr::memchr;
@@ -14,6 +15,7 @@ use super::command::{self, BodyType, Command, CommandError, MailParams, RcptPara
 use super::data::{BareLineEnds, DataError, DataReader, ReceivedCounter};
 use crate::auth::{self, Failures, Users};
 use crate::config::Config;
+use crate::dkim::{Outcome, Signers, Signing};
 use crate::message::{Message, QueueIds, Recipient, PIECE};
 use crate::policy::{Policy, Refusal};
 
@@ -40,6 +42,8 @@ pub struct Settings {
     pub starttls: bool,
     /// AUTH is offered over TLS to these accounts.
     pub users: Option<Users>,
+    /// DKIM keys for mail from trusted clients (`crate::dkim`).
+    pub dkim: Option<Arc<Signers>>,
     greeting: String,
     ehlo_extensions: String,
 }
@@ -66,6 +70,7 @@ impl Settings {
             policy: Policy::new(config),
             starttls: false,
             users: None,
+            dkim: None,
             greeting: format!("220 {} ESMTP mailhop\r\n", config.hostname),
             ehlo_extensions,
         }
@@ -144,6 +149,37 @@ struct Transaction {
     hops: ReceivedCounter,
     /// Inside a BDAT chunk: what is left of it.
     chunk: Option<Chunk>,
+    /// A message to be signed: the signature goes after our `Received:`
+    /// line, which is held here meanwhile, and piece 0 stays free for the
+    /// two (the data's pieces are 1, 2, ...).
+    signing: Option<(Signing, Vec<u8>)>,
+}
+
+impl Transaction {
+    /// The data's first piece number: 1 while piece 0 is kept for our
+    /// `Received:` line and the signature.
+    fn first_seq(&self) -> u32 {
+        u32::from(self.signing.is_some())
+    }
+
+    /// At the end of the data: the signature goes in after our
+    /// `Received:` line. A message kept whole gets both at its start; one
+    /// in pieces gets them as piece 0, returned for the queue.
+    fn sign(&mut self) -> Option<(Outcome, Option<Vec<u8>>)> {
+        let (signing, mut head) = self.signing.take()?;
+        let outcome = signing.finish();
+        if let Outcome::Signed { field, .. } = &outcome {
+            head.extend_from_slice(field.as_bytes());
+            self.size += field.len() as u64;
+        }
+        if self.chunks == 0 {
+            head.extend_from_slice(&self.body);
+            self.body = head;
+            return Some((outcome, None));
+        }
+        self.chunks += 1;
+        Some((outcome, Some(head)))
+    }
 }
 
 /// The BDAT chunk being read.
@@ -253,6 +289,12 @@ pub struct Session {
     /// This machine's own user on the other end (`mailhop sendmail -bs`):
     /// what our `Received:` line says instead of `mailhop`.
     local: Option<String>,
+    /// Piece 0 of the signed message waiting for its commit: our
+    /// `Received:` line and the signature (queue ID, bytes).
+    head_piece: Option<(String, Vec<u8>)>,
+    /// How the message waiting for its commit was signed, if it was for
+    /// signing (`take_dkim`).
+    dkim: Option<Outcome>,
 }
 
 impl Session {
@@ -300,7 +342,15 @@ impl Session {
             answering: Verb::Greeting,
             sent: Vec::new(),
             local: None,
+            head_piece: None,
+            dkim: None,
         }
+    }
+
+    /// How the message now being committed was signed (`None`: it was not
+    /// for signing: no keys, or a stranger's). Taken before `committed`.
+    pub fn take_dkim(&mut self) -> Option<Outcome> {
+        self.dkim.take()
     }
 
     /// The replies written since the last call, for counting.
@@ -336,11 +386,14 @@ impl Session {
     /// queue now: (queue ID, piece number, bytes). Input waits until the
     /// loop calls `piece_written`, so a session never holds more than one.
     pub fn piece(&self) -> Option<(&str, u32, &[u8])> {
+        if let Some((id, head)) = &self.head_piece {
+            return Some((id, 0, head));
+        }
         match &self.state {
             // Full when the next input byte might not fit (a bare LF
             // normalised takes two), so the buffer never grows past PIECE.
             State::Data(txn, _) | State::Chunked(txn, _) if txn.body.len() + 2 > PIECE => {
-                Some((&txn.id, txn.chunks, &txn.body))
+                Some((&txn.id, txn.chunks + txn.first_seq(), &txn.body))
             }
             _ => None,
         }
@@ -349,6 +402,9 @@ impl Session {
     /// The piece is with the queue (or lost with it, which the queue
     /// remembers: the message then gets 451 at its end).
     pub fn piece_written(&mut self) {
+        if self.head_piece.take().is_some() {
+            return;
+        }
         if let State::Data(txn, _) | State::Chunked(txn, _) = &mut self.state {
             txn.body.clear();
             txn.chunks += 1;
@@ -426,8 +482,9 @@ impl Session {
             }
             if let State::Data(txn, reader) = &mut self.state {
                 // No more than fits in the piece: unstuffing never grows
-                // the data, normalising a bare line end doubles it at most.
-                let room = PIECE.saturating_sub(txn.body.len());
+                // the data, normalising a bare line end doubles it at most,
+                // and a CR held from the last input may come out with it.
+                let room = PIECE.saturating_sub(txn.body.len() + 1);
                 let room = match env.settings.bare_lf {
                     BareLineEnds::Reject => room,
                     BareLineEnds::Normalize => room / 2,
@@ -440,6 +497,9 @@ impl Session {
                 let (used, done) = reader.feed(&input[pos..end], &mut txn.body);
                 pos += used;
                 txn.hops.feed(&txn.body[before..]);
+                if let Some((signing, _)) = &mut txn.signing {
+                    signing.feed(&txn.body[before..]);
+                }
                 txn.size += (txn.body.len() - before) as u64;
                 let chunk_done = txn.chunk.as_mut().is_some_and(|chunk| {
                     chunk.left -= used as u64;
@@ -493,6 +553,7 @@ impl Session {
     pub fn committed(&mut self, result: Result<&str, ()>, settings: &Settings) {
         debug_assert!(matches!(self.state, State::Committing));
         self.state = State::Ready;
+        self.dkim = None;
         match result {
             Ok(id) => self.reply(&format!("250 2.0.0 Ok: queued as {id}")),
             Err(()) => self.reply("451 4.3.0 Error: queue file write error, try again later"),
@@ -775,8 +836,19 @@ impl Session {
         txn.id = env.ids.next(env.now);
         let received = received_header(self, txn, env.settings, env.now);
         txn.size = received.len() as u64;
-        // Grown as the data comes, so a small message takes little.
-        txn.body = received.into_bytes();
+        match &env.settings.dkim {
+            // Strangers' mail is never signed.
+            Some(signers) if self.trusted(env.settings) => {
+                txn.signing = Some((Signing::new(signers.clone()), received.into_bytes()));
+            }
+            // Grown as the data comes, so a small message takes little.
+            _ => txn.body = received.into_bytes(),
+        }
+    }
+
+    /// Authenticated, or from `relay_networks`: mail we vouch for.
+    fn trusted(&self, settings: &Settings) -> bool {
+        self.user.is_some() || settings.policy.may_relay(self.client)
     }
 
     /// `BDAT size [LAST]` (RFC 3030): the chunk's octets follow at once.
@@ -834,6 +906,9 @@ impl Session {
         if chunk.last {
             let before = txn.body.len();
             reader.end_chunks(&mut txn.body);
+            if let Some((signing, _)) = &mut txn.signing {
+                signing.feed(&txn.body[before..]);
+            }
             txn.size += (txn.body.len() - before) as u64;
             return self.end_of_data(env);
         }
@@ -881,7 +956,11 @@ impl Session {
             }
             return;
         }
-        let txn = *txn;
+        let mut txn = *txn;
+        if let Some((outcome, head)) = txn.sign() {
+            self.dkim = Some(outcome);
+            self.head_piece = head.map(|head| (txn.id.clone(), head));
+        }
         self.accepted = Some(Message {
             id: txn.id,
             sender: txn.sender,
@@ -1035,7 +1114,9 @@ mod tests {
         let mut failures = Failures::default();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut session = Session::new(settings, "192.0.2.9".parse().unwrap(), false);
-        let (mut held, mut pieces, mut accepted) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut held, mut accepted) = (Vec::new(), Vec::new());
+        // By number: a signed message's piece 0 comes last.
+        let mut pieces = std::collections::BTreeMap::new();
         for chunk in chunks {
             held.extend_from_slice(chunk);
             loop {
@@ -1048,9 +1129,11 @@ mod tests {
                 let used = session.receive(&held, &mut env);
                 held.drain(..used);
                 if let Some((_, seq, data)) = session.piece() {
-                    assert!(data.len() <= PIECE, "a piece of {}", data.len());
-                    assert_eq!(seq as usize, pieces.len());
-                    pieces.push(data.to_vec());
+                    assert!(data.len() <= PIECE, "piece {seq} of {}", data.len());
+                    assert!(
+                        pieces.insert(seq, data.to_vec()).is_none(),
+                        "piece {seq} twice"
+                    );
                     session.piece_written();
                     continue;
                 }
@@ -1058,8 +1141,15 @@ mod tests {
                     break;
                 };
                 session.committed(Ok(&message.id), settings);
-                assert_eq!(message.chunks as usize, pieces.len());
-                let mut whole = std::mem::take(&mut pieces).concat();
+                assert!(
+                    pieces.keys().copied().eq(0..message.chunks),
+                    "{:?}",
+                    pieces.keys()
+                );
+                let mut whole = std::mem::take(&mut pieces)
+                    .into_values()
+                    .collect::<Vec<_>>()
+                    .concat();
                 whole.extend_from_slice(&message.body);
                 assert_eq!(whole.len() as u64, message.size);
                 message.body = whole;
@@ -1110,6 +1200,58 @@ mod tests {
             ]
         );
         assert_eq!(session.take_sent().count(), 0);
+    }
+
+    /// A message from 192.0.2.9 with `lines` lines of body to a relay
+    /// with a key for `example.com` and `relay`'s rules.
+    fn signed_play(relay: &str, lines: usize) -> Message {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        let pair = crate::dkim::keygen(crate::dkim::Algorithm::Ed25519).unwrap();
+        std::fs::write(&key, pair.private_pem).unwrap();
+        let text =
+            format!("hostname = \"Beta.ARPA\"\n{relay}\n[routes]\n\"*\" = \"[192.0.2.1]\"\n");
+        let config = Config::from_toml(&text, dir.path(), "test.toml").unwrap();
+        let mut s = Settings::new(&config);
+        let tables = [crate::config::DkimDomain {
+            domain: "example.com".into(),
+            selector: "s".into(),
+            key,
+            subdomains: false,
+        }];
+        s.dkim = crate::dkim::Signers::load(&tables).unwrap().map(Arc::new);
+        let mut input = b"EHLO c.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@far.test>\r\nDATA\r\nFrom: a@example.com\r\nSubject: s\r\n\r\n".to_vec();
+        for i in 0..lines {
+            input.extend_from_slice(format!("line {i} with some text in it\r\n").as_bytes());
+        }
+        input.extend_from_slice(b".\r\nQUIT\r\n");
+        let (out, mut accepted) = play(&s, input.chunks(1000));
+        assert_eq!(
+            codes(&out),
+            ["220", "250", "250", "250", "354", "250", "221"]
+        );
+        accepted.pop().unwrap()
+    }
+
+    #[test]
+    fn trusted_mail_gets_its_signature_after_our_received_line_in_one_piece_or_many() {
+        for lines in [3, 10_000] {
+            let message = signed_play("relay_networks = [\"192.0.2.0/24\"]", lines);
+            assert_eq!(message.chunks > 0, lines > 3, "{lines} lines");
+            let text = String::from_utf8(message.body).unwrap();
+            let (received, rest) = text.split_once("\r\nDKIM-Signature: ").expect("signed");
+            assert!(received.starts_with("Received: from c.test") && !received.contains("\r\n\t;"));
+            assert!(rest.contains("d=example.com") && rest.contains("\r\nFrom: a@example.com\r\n"));
+            assert!(text.ends_with(&format!("line {} with some text in it\r\n", lines - 1)));
+        }
+    }
+
+    #[test]
+    fn strangers_mail_is_not_signed() {
+        // 192.0.2.9 is not in relay_networks; it may send to far.test.
+        let message = signed_play("relay_networks = []\nrelay_domains = [\"far.test\"]", 3);
+        let text = String::from_utf8(message.body).unwrap();
+        assert!(text.starts_with("Received: ") && !text.contains("DKIM-Signature"));
     }
 
     #[test]
