@@ -299,15 +299,21 @@ fn domain(name: &str, mx: &str, mx_ip: &str, id: &str, web: &str) -> Vec<String>
 }
 
 fn relay(dir: &std::path::Path, ca: &Ca, dns_port: u16) -> Mailhop {
-    std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
-    start_in(
-        dir,
-        &format!(
-            "hostname = \"relay.sts.test\"\n[dns]\nservers = [\"127.0.0.1:{dns_port}\"]\n\
-             [tls]\nca_file = \"ca.pem\"\n[retry]\nschedule = [\"1h\"]\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n"
-        ),
+    relay_with(dir, ca, dns_port, "")
+}
+
+/// The relay's config, with `extra` at its end.
+fn relay_config(dns_port: u16, extra: &str) -> String {
+    format!(
+        "hostname = \"relay.sts.test\"\n[dns]\nservers = [\"127.0.0.1:{dns_port}\"]\n\
+         [tls]\nca_file = \"ca.pem\"\n[retry]\nschedule = [\"1h\"]\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n{extra}"
     )
+}
+
+fn relay_with(dir: &std::path::Path, ca: &Ca, dns_port: u16, extra: &str) -> Mailhop {
+    std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+    start_in(dir, &relay_config(dns_port, extra))
 }
 
 /// Sends one message from the null sender (no bounce traffic).
@@ -823,5 +829,71 @@ fn a_failed_refetch_keeps_the_cached_policy() {
         mailhop.log()
     );
     assert_eq!(clear.count(), 0);
+    kill(dns);
+}
+
+#[test]
+fn the_off_switch_and_a_reload_that_turns_it_on() {
+    const T: &str = "the_off_switch_and_a_reload_that_turns_it_on";
+    let ca = ca();
+    let pages: Pages = Arc::default();
+    let web = tls_server(&ca, &["mta-sts.sw.sts.test"]);
+    let Some(fetches) = bound(
+        T,
+        "HTTPS",
+        https_server("127.8.5.9:443", web, pages.clone()),
+    ) else {
+        return;
+    };
+    let Some(clear) = bound(
+        T,
+        "an MX host",
+        Sink::try_start("127.8.5.3:25", Arc::new(|_, _, _| None)),
+    ) else {
+        return;
+    };
+    pages.lock().unwrap().insert(
+        "mta-sts.sw.sts.test".into(),
+        policy_page(&enforce("mx.sw.sts.test")),
+    );
+    let port = dns_port();
+    // The MX is one the policy does not name.
+    let records = domain(
+        "sw.sts.test",
+        "mx.elsewhere.sts.test",
+        "127.8.5.3",
+        "1",
+        "127.8.5.9",
+    );
+    let Some(dns) = dnsmasq(T, port, &records) else {
+        return;
+    };
+    let dir = tempdir();
+    let mailhop = relay_with(dir.path(), &ca, port, "[outbound]\nmta_sts = false\n");
+    // Off: no policy is looked for, the mail goes as always.
+    let id = send(&mailhop, "a@sw.sts.test");
+    assert_eq!(clear.wait_for(1, WAIT).len(), 1, "{}", mailhop.log());
+    let got = wait_rows(
+        &mailhop,
+        &format!("SELECT sts_mode IS NULL, substr(reply, 1, 3) FROM attempts WHERE id = '{id}'"),
+    );
+    assert_eq!(got, ["1|250"]);
+    assert_eq!(fetches.load(Ordering::SeqCst), 0);
+    // On again by a reload: the next message is under the policy.
+    let config = format!(
+        "listen = [\"127.0.0.1:0\"]\nqueue = \"queue.db\"\n{}",
+        relay_config(port, "")
+    );
+    std::fs::write(dir.path().join("mailhop.toml"), config).unwrap();
+    mailhop.hangup();
+    mailhop.wait_log("reloaded", 1);
+    let id = send(&mailhop, "b@sw.sts.test");
+    let got = wait_rows(
+        &mailhop,
+        &format!("SELECT tls_result, substr(reply, 1, 9) FROM attempts WHERE id = '{id}'"),
+    );
+    assert_eq!(got, ["validation-failure|451 4.7.5"], "{}", mailhop.log());
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(clear.count(), 1);
     kill(dns);
 }

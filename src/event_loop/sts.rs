@@ -224,29 +224,31 @@ impl Server {
     /// while a look runs behind them); others are resolved at once.
     pub(super) fn resolve_under_policy(&mut self, job: Job, target: Target, port: u16) {
         let domain = match &target {
-            Target::Mx(domain) if self.sts.on && port == crate::routing::SMTP_PORT => {
-                domain.clone()
-            }
+            Target::Mx(domain) if self.sts.on && port == crate::routing::SMTP_PORT => domain,
             _ => return self.resolve(job, target, port),
         };
-        if !self.sts.tracker.contains(&domain) {
-            let cached = self.queue.sts_policy(&domain).unwrap_or_else(|e| {
+        if !self.sts.tracker.contains(domain) {
+            let cached = self.queue.sts_policy(domain).unwrap_or_else(|e| {
                 error!("{e}");
                 None
             });
-            self.sts.tracker.insert(&domain, cached, self.now);
+            self.sts.tracker.insert(domain, cached, self.now);
         }
-        let (gate, look) = self.sts.tracker.job(&domain, self.now, self.wall);
+        let (gate, look) = self.sts.tracker.job(domain, self.now, self.wall);
+        // The common case (known, no look due) costs no allocation.
+        let to_look = look.then(|| domain.clone());
         match gate {
-            Gate::Wait => self
-                .sts
-                .waiting
-                .entry(domain.clone())
-                .or_default()
-                .push((job, port)),
+            Gate::Wait => {
+                let domain = domain.clone();
+                self.sts
+                    .waiting
+                    .entry(domain)
+                    .or_default()
+                    .push((job, port))
+            }
             Gate::Go => self.resolve(job, target, port),
         }
-        if look {
+        if let Some(domain) = to_look {
             let txt = Target::Txt(format!("_mta-sts.{domain}"));
             if let Some(answer) = self.resolver.lookup(txt, self.now) {
                 self.sts_record(&domain, answer);
