@@ -31,11 +31,14 @@ struct Ca {
 }
 
 fn ca() -> Ca {
+    ca_named("mailhop MTA-STS test CA")
+}
+
+/// A CA of its own name: one nobody trusts, for certificates that fail.
+fn ca_named(name: &str) -> Ca {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "mailhop MTA-STS test CA");
+    params.distinguished_name.push(DnType::CommonName, name);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::DigitalSignature,
@@ -403,7 +406,7 @@ fn enforce_delivers_to_a_matching_mx_and_defers_others_with_4_7_5() {
     };
     // bad: a certificate from a CA nobody trusts; wrong: from the trusted
     // CA, but for another name.
-    let stranger = tls_server(&self::ca(), &["mx.bad.sts.test"]);
+    let stranger = tls_server(&ca_named("a stranger"), &["mx.bad.sts.test"]);
     let Some(bad) = bound(T, "an MX host", tls_mx("127.8.1.4:25", stranger)) else {
         return;
     };
@@ -895,5 +898,103 @@ fn the_off_switch_and_a_reload_that_turns_it_on() {
     assert_eq!(got, ["validation-failure|451 4.7.5"], "{}", mailhop.log());
     assert_eq!(fetches.load(Ordering::SeqCst), 1);
     assert_eq!(clear.count(), 1);
+    kill(dns);
+}
+
+#[test]
+fn a_policy_that_cannot_be_had_is_no_policy() {
+    const T: &str = "a_policy_that_cannot_be_had_is_no_policy";
+    let ca = ca();
+    let pages: Pages = Arc::default();
+    // Each would refuse the MX if it were taken.
+    let refusing = enforce("nothing.sts.test");
+    let html = policy_page(&refusing).replace("text/plain", "text/html");
+    pages
+        .lock()
+        .unwrap()
+        .insert("mta-sts.html.sts.test".into(), html);
+    let web = tls_server(&ca, &["mta-sts.html.sts.test"]);
+    let Some(_) = bound(
+        T,
+        "HTTPS",
+        https_server("127.8.6.9:443", web, pages.clone()),
+    ) else {
+        return;
+    };
+    // A policy host whose certificate no trusted CA issued.
+    let strangers: Pages = Arc::default();
+    strangers
+        .lock()
+        .unwrap()
+        .insert("mta-sts.untrusted.sts.test".into(), policy_page(&refusing));
+    let stranger = tls_server(&ca_named("a stranger"), &["mta-sts.untrusted.sts.test"]);
+    let Some(untrusted) = bound(
+        T,
+        "HTTPS",
+        https_server("127.8.6.10:443", stranger, strangers),
+    ) else {
+        return;
+    };
+    let Some(clear) = bound(
+        T,
+        "an MX host",
+        Sink::try_start("127.8.6.3:25", Arc::new(|_, _, _| None)),
+    ) else {
+        return;
+    };
+    let port = dns_port();
+    let mut records = Vec::new();
+    // down: nothing listens on 127.8.6.11:443.
+    for (name, web) in [
+        ("html", "127.8.6.9"),
+        ("untrusted", "127.8.6.10"),
+        ("down", "127.8.6.11"),
+    ] {
+        let (domain_name, mx) = (format!("{name}.sts.test"), format!("mx.{name}.sts.test"));
+        records.extend(domain(&domain_name, &mx, "127.8.6.3", "1", web));
+    }
+    let Some(dns) = dnsmasq(T, port, &records) else {
+        return;
+    };
+    let dir = tempdir();
+    let mailhop = relay(dir.path(), &ca, port);
+    for rcpt in ["a@html.sts.test", "b@untrusted.sts.test", "c@down.sts.test"] {
+        send(&mailhop, rcpt);
+    }
+    assert_eq!(clear.wait_for(3, WAIT).len(), 3, "{}", mailhop.log());
+    assert!(wait_until(|| rows(
+        &open_queue(&mailhop.queue_path()),
+        "SELECT 1 FROM policies"
+    )
+    .len()
+        == 3));
+    let db = open_queue(&mailhop.queue_path());
+    let got = rows(
+        &db,
+        "SELECT domain, id IS NULL, last_error FROM policies ORDER BY domain",
+    );
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got[0].starts_with("down.sts.test|1|"), "{got:?}");
+    assert!(
+        got[1].starts_with("html.sts.test|1|Content-Type \"text/html\" is not text/plain"),
+        "{got:?}"
+    );
+    assert!(
+        got[2].starts_with("untrusted.sts.test|1|TLS with mta-sts.untrusted.sts.test:")
+            && got[2].contains("UnknownIssuer"),
+        "{got:?}"
+    );
+    assert_eq!(
+        untrusted.load(Ordering::SeqCst),
+        0,
+        "no request without trust"
+    );
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT count(*) FROM attempts WHERE sts_mode IS NULL AND reply LIKE '250 %'"
+        ),
+        ["3"]
+    );
     kill(dns);
 }
