@@ -605,7 +605,14 @@ fn testing_mode_delivers_and_logs_what_enforce_would_refuse() {
     const T: &str = "testing_mode_delivers_and_logs_what_enforce_would_refuse";
     let ca = ca();
     let pages: Pages = Arc::default();
-    let web = tls_server(&ca, &["mta-sts.tst.sts.test"]);
+    let web = tls_server(
+        &ca,
+        &[
+            "mta-sts.tst.sts.test",
+            "mta-sts.tgood.sts.test",
+            "mta-sts.tbad.sts.test",
+        ],
+    );
     let Some(_fetches) = bound(
         T,
         "HTTPS",
@@ -620,19 +627,35 @@ fn testing_mode_delivers_and_logs_what_enforce_would_refuse() {
     ) else {
         return;
     };
-    let testing = "version: STSv1\nmode: testing\nmx: mx.tst.sts.test\nmax_age: 600\n";
-    pages
-        .lock()
-        .unwrap()
-        .insert("mta-sts.tst.sts.test".into(), policy_page(testing));
+    // With STARTTLS: a certificate that verifies, and one nobody trusts.
+    let good_tls = tls_server(&ca, &["mx.tgood.sts.test"]);
+    let Some(good) = bound(T, "an MX host", tls_mx("127.8.2.4:25", good_tls)) else {
+        return;
+    };
+    let stranger = tls_server(&ca_named("a stranger"), &["mx.tbad.sts.test"]);
+    let Some(bad) = bound(T, "an MX host", tls_mx("127.8.2.5:25", stranger)) else {
+        return;
+    };
+    for name in ["tst", "tgood", "tbad"] {
+        let testing =
+            format!("version: STSv1\nmode: testing\nmx: mx.{name}.sts.test\nmax_age: 600\n");
+        pages
+            .lock()
+            .unwrap()
+            .insert(format!("mta-sts.{name}.sts.test"), policy_page(&testing));
+    }
     let port = dns_port();
-    let records = domain(
+    let mut records = domain(
         "tst.sts.test",
         "mx.tst.sts.test",
         "127.8.2.3",
         "7",
         "127.8.2.9",
     );
+    for (name, ip) in [("tgood", "127.8.2.4"), ("tbad", "127.8.2.5")] {
+        let (domain_name, mx) = (format!("{name}.sts.test"), format!("mx.{name}.sts.test"));
+        records.extend(domain(&domain_name, &mx, ip, "7", "127.8.2.9"));
+    }
     let Some(dns) = dnsmasq(T, port, &records) else {
         return;
     };
@@ -659,10 +682,40 @@ fn testing_mode_delivers_and_logs_what_enforce_would_refuse() {
         "{}",
         mailhop.log()
     );
+    // Over TLS: the certificate is checked as enforce would, and the mail
+    // goes either way.
+    send(&mailhop, "v@tgood.sts.test");
+    send(&mailhop, "w@tbad.sts.test");
+    assert!(
+        wait_until(|| good.lock().unwrap().len() == 1 && bad.lock().unwrap().len() == 1),
+        "{}",
+        mailhop.log()
+    );
+    let sql = "SELECT recipient, tls_result FROM attempts
+               WHERE recipient IN ('v@tgood.sts.test', 'w@tbad.sts.test') ORDER BY recipient";
+    let db = open_queue(&mailhop.queue_path());
+    assert!(
+        wait_until(|| rows(&db, sql).len() == 2),
+        "{}",
+        mailhop.log()
+    );
+    let tls = rows(&db, sql);
+    assert_eq!(
+        tls,
+        [
+            "v@tgood.sts.test|success",
+            "w@tbad.sts.test|certificate-not-trusted"
+        ],
+        "{}",
+        mailhop.log()
+    );
     let db = open_queue(&mailhop.queue_path());
     assert_eq!(
-        rows(&db, "SELECT id, mode, max_age FROM policies"),
-        ["7|testing|600"]
+        rows(
+            &db,
+            "SELECT id, mode, max_age FROM policies ORDER BY domain"
+        ),
+        ["7|testing|600", "7|testing|600", "7|testing|600"]
     );
     kill(dns);
 }
