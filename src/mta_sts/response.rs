@@ -65,8 +65,9 @@ pub fn judge(bytes: &[u8], closed: bool) -> Progress {
     if header(response.headers, "transfer-encoding").is_some() {
         return refused("a Transfer-Encoding in reply to HTTP/1.0");
     }
-    // RFC 8461 3.2: the policy is served as text/plain (parameters such
-    // as charset may follow).
+    // RFC 8461 3.3: senders validate that the media type is text/plain,
+    // so that a host letting users put HTML or images at a path of their
+    // choosing cannot serve a policy (parameters such as charset may follow).
     let media = header(response.headers, "content-type").map(|v| {
         v.split(';')
             .next()
@@ -76,7 +77,7 @@ pub fn judge(bytes: &[u8], closed: bool) -> Progress {
     });
     if media.as_deref() != Some("text/plain") {
         return refused(format!(
-            "Content-Type {} is not text/plain (RFC 8461 3.2)",
+            "Content-Type {} is not text/plain (RFC 8461 3.3)",
             media
                 .as_deref()
                 .map_or("missing".into(), |m| format!("{m:?}"))
