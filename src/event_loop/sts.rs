@@ -112,8 +112,10 @@ fn decide(conn: &mut OutConn, metrics: &Metrics, result: TlsResult, why: &str) {
     }
 }
 
-/// The 451 4.7.5 an enforced policy defers with: never a bounce, so the
-/// usual retries and lifetime apply (RFC 8461 5: "treat as temporary").
+/// The 451 4.7.5 an enforced policy defers with: never a bounce (RFC 8461
+/// forbids failing such mail for good before an updated policy has been
+/// looked for), so the usual retries (which look again) and lifetime
+/// apply.
 fn refusal(applied: &Applied, what: &str) -> Reply {
     Reply::local(
         451,
