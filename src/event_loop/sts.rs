@@ -52,6 +52,13 @@ pub(super) struct Applied {
     pub(super) policy: Policy,
 }
 
+/// All MX hosts refused by `enforce`: the reply, the host named in the
+/// history, and what the attempt records.
+pub(super) type Refused = (Reply, String, TlsNote);
+
+/// A client config and the name to verify the server by.
+type TlsClient = (Arc<rustls::ClientConfig>, ServerName<'static>);
+
 /// What a job's attempt records of TLS under a policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct TlsNote {
@@ -366,12 +373,11 @@ impl Server {
     /// `enforce`: the MX hosts the policy names (RFC 8461 4.1), each other
     /// one logged and counted; none left is the policy's refusal (with the
     /// host named in the history and the note for it).
-    #[allow(clippy::type_complexity)]
     pub(super) fn sts_filter(
         &self,
         applied: Option<&Rc<Applied>>,
         candidates: Vec<Candidate>,
-    ) -> Result<Vec<Candidate>, (Reply, String, TlsNote)> {
+    ) -> Result<Vec<Candidate>, Refused> {
         let Some(applied) = applied.filter(|a| a.policy.mode == Mode::Enforce) else {
             return Ok(candidates);
         };
@@ -436,11 +442,7 @@ impl Server {
 
     /// Under `enforce`: the verifying MTA-STS client and the MX host name
     /// for STARTTLS; `None` for any other session (as `tls_client` says).
-    #[allow(clippy::type_complexity)]
-    pub(super) fn sts_tls_client(
-        &self,
-        key: usize,
-    ) -> Option<io::Result<(Arc<rustls::ClientConfig>, ServerName<'static>)>> {
+    pub(super) fn sts_tls_client(&self, key: usize) -> Option<io::Result<TlsClient>> {
         let sts = self.out.get(key)?.sts.as_ref().filter(|s| s.enforce())?;
         let Some(sts_tls) = &self.tls.sts else {
             return Some(Err(io::Error::other(
