@@ -180,6 +180,9 @@ pub struct Config {
     pub outbound_max_connections_per_host: usize,
     /// Send with BDAT (RFC 3030) to next hops that offer CHUNKING.
     pub outbound_chunking: bool,
+    /// `[outbound] mta_sts`: apply MTA-STS (RFC 8461) policies to mail
+    /// delivered by MX (on by default).
+    pub outbound_mta_sts: bool,
     pub tls: Tls,
     pub auth_users_file: Option<PathBuf>,
     /// `[metrics] listen`: the Prometheus endpoint, off when `None`.
@@ -349,6 +352,7 @@ impl Config {
             self.outbound_max_connections_per_host
         );
         let _ = writeln!(o, "chunking = {}", self.outbound_chunking);
+        let _ = writeln!(o, "mta_sts = {}", self.outbound_mta_sts);
 
         let tls = &self.tls;
         let _ = writeln!(o, "\n[tls]");
@@ -487,6 +491,7 @@ struct RawOutbound {
     max_connections: Option<i64>,
     max_connections_per_host: Option<i64>,
     chunking: Option<bool>,
+    mta_sts: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -643,6 +648,7 @@ impl Validator<'_> {
             outbound_max_connections,
             outbound_max_connections_per_host,
             outbound_chunking: raw.outbound.chunking.unwrap_or(true),
+            outbound_mta_sts: raw.outbound.mta_sts.unwrap_or(true),
             tls,
             auth_users_file: self.opt_path(raw.auth.users_file),
             metrics_listen,
@@ -1451,6 +1457,7 @@ servers = ["127.0.0.1:5353", "::1"]
 max_connections = 7
 max_connections_per_host = 3
 chunking = false
+mta_sts = false
 
 [tls]
 cert = "cert.pem"
@@ -1511,6 +1518,7 @@ subdomains = true
         assert_eq!(c.outbound_max_connections, 500);
         assert_eq!(c.outbound_max_connections_per_host, 20);
         assert!(c.outbound_chunking);
+        assert!(c.outbound_mta_sts);
         assert_eq!(c.tls.cert, None);
         assert_eq!(c.tls.key, None);
         assert!(c.tls.implicit_listen.is_empty());
@@ -1578,6 +1586,7 @@ subdomains = true
         assert_eq!(c.tls.ca_file, Some(base.join("ca.pem")));
         assert!(c.tls.verify_outbound);
         assert!(!c.outbound_chunking);
+        assert!(!c.outbound_mta_sts);
         assert_eq!(c.auth_users_file, Some(base.join("users")));
     }
 

@@ -9,6 +9,9 @@
 //! - [`policy`]: who may relay where, and each recipient's next hop.
 //! - [`shaping`]: limits per next hop, sans-IO: `[shaping]` keys, the token
 //!   bucket, the back-off after a "slow down" reply.
+//! - [`mta_sts`]: MTA-STS (RFC 8461), sans-IO: the TXT record, the policy
+//!   file and its HTTP response, what to do next per domain, and the
+//!   RFC 8460 names of TLS outcomes; the loop fetches and applies it.
 //! - [`config`] and [`cli`]: the TOML file and the command line.
 //! - [`sendmail`]: the sendmail command line, writing into the queue.
 //! - [`metrics`]: what `GET /metrics` shows; [`service`], [`pidfile`] and

@@ -48,6 +48,12 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StsLabels {
+    mode: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HopLabels {
     next_hop: String,
 }
@@ -142,6 +148,8 @@ pub struct Metrics {
     pub dns_errors: Counter,
     pub dns_cache_hits: Counter,
     reloads: Family<ResultLabels, Counter>,
+    mta_sts_results: Family<StsLabels, Counter>,
+    mta_sts_fetches: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -182,6 +190,8 @@ impl Metrics {
             dns_errors: Counter::default(),
             dns_cache_hits: Counter::default(),
             reloads: Family::default(),
+            mta_sts_results: Family::default(),
+            mta_sts_fetches: Family::default(),
             registry: Registry::default(),
         };
         let build = Family::<VersionLabels, Gauge>::default();
@@ -311,6 +321,17 @@ impl Metrics {
             "config_reloads",
             "Config reloads (SIGHUP), by result",
             m.reloads.clone(),
+        );
+        r.register(
+            "mta_sts_results",
+            "TLS with MX hosts under an MTA-STS policy, per session: the policy's mode \
+             and the RFC 8460 result type (or success)",
+            m.mta_sts_results.clone(),
+        );
+        r.register(
+            "mta_sts_fetches",
+            "MTA-STS policy fetches, by result",
+            m.mta_sts_fetches.clone(),
         );
         Metrics { registry: r, ..m }
     }
@@ -442,6 +463,20 @@ impl Metrics {
 
     pub fn dns_query(&self, r#type: &'static str) {
         self.dns_queries.get_or_create(&TypeLabels { r#type }).inc();
+    }
+
+    /// Both labels come from fixed sets: no domain names in series.
+    pub fn mta_sts_result(&self, mode: &'static str, result: &'static str) {
+        self.mta_sts_results
+            .get_or_create(&StsLabels { mode, result })
+            .inc();
+    }
+
+    pub fn mta_sts_fetch(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.mta_sts_fetches
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     pub fn reload(&self, ok: bool) {

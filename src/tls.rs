@@ -30,6 +30,18 @@ pub struct TlsSetup {
     pub unverified: Arc<ClientConfig>,
     /// `outbound = "required"`: no TLS, no delivery.
     pub required: bool,
+    /// For MTA-STS (`[outbound] mta_sts`): policy fetches and MX hosts
+    /// under a policy are verified against the system's roots and
+    /// `[tls] ca_file` both. `None`: MTA-STS off, or nothing to trust.
+    pub sts: Option<StsTls>,
+}
+
+/// A verifying client, and its verifier on its own: `testing` mode checks
+/// a certificate after a handshake that took it anyway.
+#[derive(Clone)]
+pub struct StsTls {
+    pub client: Arc<ClientConfig>,
+    pub verifier: Arc<rustls::client::WebPkiServerVerifier>,
 }
 
 /// Reads the certificate, key and CA files named in `[tls]`. The message
@@ -89,12 +101,16 @@ pub fn load(config: &Config) -> Result<TlsSetup, String> {
     let unverified = Arc::new(
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+            .with_custom_certificate_verifier(Arc::new(Unverified(provider.clone())))
             .with_no_client_auth(),
     );
     let client = match &verified {
         Some(verified) if config.tls.verify_outbound => verified.clone(),
         _ => unverified.clone(),
+    };
+    let sts = match config.outbound_mta_sts {
+        true => sts_client(config, provider)?,
+        false => None,
     };
     Ok(TlsSetup {
         server,
@@ -102,7 +118,45 @@ pub fn load(config: &Config) -> Result<TlsSetup, String> {
         verified,
         unverified,
         required: config.tls.outbound == TlsOutbound::Required,
+        sts,
     })
+}
+
+/// The MTA-STS client: RFC 8461 4.2 asks for a certificate "chained to
+/// a trusted root", so the system's roots count, and `[tls] ca_file` on
+/// top (a private CA, or tests). Nothing to trust at all: `None`, and
+/// policies can be neither fetched nor met (a warning says so).
+fn sts_client(config: &Config, provider: Arc<CryptoProvider>) -> Result<Option<StsTls>, String> {
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(ca) = &config.tls.ca_file {
+        let certs = CertificateDer::pem_file_iter(ca)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("tls.ca_file: {}: {e}", ca.display()))?;
+        roots.add_parsable_certificates(certs);
+    }
+    if roots.is_empty() {
+        log::warn!(
+            "outbound.mta_sts: no trusted root certificates (system or [tls] ca_file): \
+             MTA-STS policies cannot be fetched"
+        );
+        return Ok(None);
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("outbound.mta_sts: {e}"))?;
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_webpki_verifier(verifier.clone())
+        .with_no_client_auth();
+    Ok(Some(StsTls {
+        client: Arc::new(client),
+        verifier,
+    }))
 }
 
 /// A client config that checks certificates against `[tls] ca_file` or

@@ -143,7 +143,12 @@ fn views_and_every_read_command_show_the_deferred_message() {
         ),
         (
             "attempts",
-            "id recipient next_hop host started_at finished_at reply",
+            // The spec's columns, then TLS under MTA-STS (0007).
+            "id recipient next_hop host started_at finished_at reply sts_mode tls_result",
+        ),
+        (
+            "policies",
+            "domain id mode mx max_age fetched_at expires_at expired last_attempt last_id last_error",
         ),
         (
             "hosts",

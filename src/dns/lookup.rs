@@ -69,6 +69,8 @@ impl Host {
 pub(super) struct Lookup {
     /// The mail domain for `Target::Mx`; `None` for `Target::Host`.
     domain: Option<Name>,
+    /// `Target::Txt`: the name whose TXT records are wanted (no hosts).
+    txt: Option<Name>,
     /// Known once the MX answer is in (at once for a host).
     hosts: Option<Vec<Host>>,
     implicit: bool,
@@ -79,6 +81,7 @@ impl Lookup {
     pub(super) fn mx(domain: Name) -> Lookup {
         Lookup {
             domain: Some(domain),
+            txt: None,
             hosts: None,
             implicit: false,
             done: None,
@@ -88,7 +91,18 @@ impl Lookup {
     pub(super) fn host(name: Name) -> Lookup {
         Lookup {
             domain: None,
+            txt: None,
             hosts: Some(vec![Host::new(0, name)]),
+            implicit: false,
+            done: None,
+        }
+    }
+
+    pub(super) fn txt(name: Name) -> Lookup {
+        Lookup {
+            domain: None,
+            txt: Some(name),
+            hosts: None,
             implicit: false,
             done: None,
         }
@@ -98,6 +112,9 @@ impl Lookup {
     pub(super) fn needs(&self) -> Vec<Key> {
         if self.done.is_some() {
             return Vec::new();
+        }
+        if let Some(name) = &self.txt {
+            return vec![(name.clone(), RecordType::TXT)];
         }
         let Some(hosts) = &self.hosts else {
             let domain = self.domain.clone().expect("an MX lookup has a domain");
@@ -117,6 +134,12 @@ impl Lookup {
 
     pub(super) fn feed(&mut self, key: &Key, result: &QResult, rng: &mut Rng, local: &Local) {
         if self.done.is_some() {
+            return;
+        }
+        if let Some(name) = &self.txt {
+            if key.1 == RecordType::TXT {
+                self.done = Some(txt_answer(name, result));
+            }
             return;
         }
         match (&mut self.hosts, key.1) {
@@ -151,6 +174,10 @@ impl Lookup {
                 return;
             }
             QResult::Found(Data::Mx { hosts, glue }) => (hosts, glue),
+            // Not asked for: no records.
+            QResult::Found(Data::Txt(_)) => {
+                return self.done = Some(Answer::NotFound(format!("{shown}: no MX records")))
+            }
         };
         // RFC 7505: "." as exchange means no mail; mixed with real MX
         // records (a misconfiguration) it is merely skipped.
@@ -246,5 +273,18 @@ impl Lookup {
             None => format!("{}: no address", display(&hosts[0].name)),
         };
         Some(Answer::NotFound(what))
+    }
+}
+
+/// A TXT question's result as the answer; "none" (no such name, no
+/// records) is `NotFound`, distinct from a failure to find out.
+fn txt_answer(name: &Name, result: &QResult) -> Answer {
+    match result {
+        QResult::Found(Data::Txt(texts)) => Answer::Txt(texts.clone()),
+        QResult::TempFail(why) => Answer::TempFail(why.clone()),
+        QResult::NxDomain => Answer::NotFound(format!("{}: no such name", display(name))),
+        QResult::NoData | QResult::Found(_) => {
+            Answer::NotFound(format!("{}: no TXT records", display(name)))
+        }
     }
 }

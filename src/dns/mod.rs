@@ -28,6 +28,7 @@ use cache::{Cache, Key, CAPACITY};
 use lookup::{Local, Lookup};
 use query::{Question, Step, Transport};
 use rng::Rng;
+pub use wire::MAX_TXT_RECORDS;
 
 /// What to resolve.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -36,6 +37,8 @@ pub enum Target {
     Mx(String),
     /// One host name, A and AAAA (a `[routes]` `host:port`).
     Host(String),
+    /// The TXT records of a name (`_mta-sts.<domain>`, RFC 8461 3.1).
+    Txt(String),
 }
 
 /// One host to try, in order.
@@ -59,6 +62,9 @@ pub enum Answer {
     TempFail(String),
     /// The best MX is this host itself (bounce 5.4.6 rather than loop).
     Loop(String),
+    /// Of a `Target::Txt`: each record's strings joined (RFC 7208 3.3
+    /// style), at most `MAX_TXT_RECORDS` of them.
+    Txt(Vec<String>),
 }
 
 /// Bytes for the loop to send. `query` names the socket: the loop uses one
@@ -151,7 +157,12 @@ impl Resolver {
 
     /// A lookup to run, or the answer without one (IP literal, bad name).
     fn prepare(&self, target: &Target) -> Result<Lookup, Answer> {
-        let (Target::Mx(s) | Target::Host(s)) = target;
+        let (Target::Mx(s) | Target::Host(s) | Target::Txt(s)) = target;
+        if matches!(target, Target::Txt(_)) && ip_literal(s).is_some() {
+            return Err(Answer::NotFound(format!(
+                "{s}: an address has no TXT records"
+            )));
+        }
         if let Some(addr) = ip_literal(s) {
             if matches!(target, Target::Mx(_)) && self.local.addrs.contains(&addr) {
                 return Err(Answer::Loop(format!("{s} is this host")));
@@ -167,6 +178,7 @@ impl Resolver {
         Ok(match target {
             Target::Mx(_) => Lookup::mx(name),
             Target::Host(_) => Lookup::host(name),
+            Target::Txt(_) => Lookup::txt(name),
         })
     }
 

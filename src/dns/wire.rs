@@ -9,6 +9,9 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 /// Longest CNAME chain followed, within a response and across re-queries.
 pub(super) const MAX_CNAME_HOPS: u8 = 8;
+/// TXT records kept of one answer: a name with more is misconfigured,
+/// and only one (`v=STSv1`) is ever wanted.
+pub const MAX_TXT_RECORDS: usize = 16;
 
 /// The payload of a positive answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +23,8 @@ pub(super) enum Data {
         glue: Vec<(Name, IpAddr)>,
     },
     Addrs(Vec<IpAddr>),
+    /// TXT records, each one's character-strings joined (lossy UTF-8).
+    Txt(Vec<String>),
 }
 
 /// What a matching response says.
@@ -156,6 +161,17 @@ fn found_data(msg: &Message, found: &[&Record], mut ttl: u32, hops: u8) -> Reply
             }
         }
         Data::Mx { hosts, glue }
+    } else if found[0].record_type() == RecordType::TXT {
+        let texts = found
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(txt) => Some(txt.txt_data.concat()),
+                _ => None,
+            })
+            .take(MAX_TXT_RECORDS)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .collect();
+        Data::Txt(texts)
     } else {
         let mut addrs = Vec::new();
         for r in found {

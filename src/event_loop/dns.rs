@@ -177,6 +177,13 @@ impl Server {
     /// An answer for `target`: the jobs waiting for it go to their hosts,
     /// or are decided (bounced, deferred) without an attempt.
     fn resolved(&mut self, target: Target, answer: Answer) {
+        match &target {
+            // Only MTA-STS asks for TXT records.
+            Target::Txt(name) => return self.sts_txt_answer(name, answer),
+            // A policy fetch may wait for `mta-sts.<domain>`.
+            Target::Host(_) => self.fetch_resolved(&target, &answer),
+            Target::Mx(_) => {}
+        }
         let Some(waiting) = self.resolving.remove(&target) else {
             return;
         };
@@ -196,6 +203,7 @@ impl Server {
                 Some(Reply::local(451, "4.4.3", why))
             }
             Answer::Loop(why) => Some(Reply::local(554, "5.4.6", why)),
+            Answer::Txt(_) => Some(Reply::local(451, "4.4.3", "internal error: a TXT answer")),
         };
         if let Some(reply) = failure {
             info!("{}: {reply}", name(&target));
@@ -206,6 +214,18 @@ impl Server {
         }
         let Answer::Hosts(candidates) = answer else {
             return;
+        };
+        // MTA-STS enforce: only MX hosts the policy names.
+        let applied = self.sts_applied(&target);
+        let candidates = match self.sts_filter(applied.as_ref(), candidates) {
+            Ok(candidates) => candidates,
+            Err((reply, mx, note)) => {
+                for (mut job, _) in waiting {
+                    job.tls = Some(note);
+                    self.settle_job(job, &[], reply.clone(), Some(&mx), None);
+                }
+                return;
+            }
         };
         let mut hops = Vec::new();
         for (job, port) in waiting {
@@ -225,10 +245,13 @@ impl Server {
                 .or_insert_with(|| Destination {
                     hosts: Vec::new(),
                     current: 0,
+                    sts: None,
                 });
             if destination.hosts != hosts {
-                *destination = Destination { hosts, current: 0 };
+                destination.hosts = hosts;
+                destination.current = 0;
             }
+            destination.sts = applied.clone();
             self.jobs.entry(hop.clone()).or_default().push_back(job);
             if !hops.contains(&hop) {
                 hops.push(hop);
@@ -242,7 +265,7 @@ impl Server {
 
 fn name(target: &Target) -> &str {
     match target {
-        Target::Mx(name) | Target::Host(name) => name,
+        Target::Mx(name) | Target::Host(name) | Target::Txt(name) => name,
     }
 }
 

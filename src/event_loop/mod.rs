@@ -10,6 +10,8 @@ mod outbound;
 mod reload;
 mod scheduler;
 mod shaper;
+mod sts;
+mod sts_fetch;
 mod transport;
 
 pub use reload::{listen_addrs, Reloader};
@@ -50,9 +52,11 @@ const MAX_LISTENERS: usize = 1024;
 const HTTP_BASE: usize = 1 << 31;
 /// Outbound session `k` has token `OUT_BASE + k`.
 const OUT_BASE: usize = 1 << 30;
-/// DNS socket `k` has token `DNS_BASE + k`; inbound sessions are slab keys
-/// below it.
+/// DNS socket `k` has token `DNS_BASE + k`.
 const DNS_BASE: usize = 1 << 29;
+/// MTA-STS policy fetch `k` has token `FETCH_BASE + k`; inbound sessions
+/// are slab keys below it.
+const FETCH_BASE: usize = 1 << 28;
 /// How long sessions inside DATA may go on after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long the first message of a batch may wait for company (its 250
@@ -229,6 +233,10 @@ pub struct Server {
     resolving: HashMap<crate::dns::Target, Vec<(Job, u16)>>,
     /// Where each next hop's connections go.
     destinations: HashMap<String, outbound::Destination>,
+    /// MTA-STS: what is known of each domain's policy, jobs waiting on it.
+    sts: sts::Sts,
+    /// MTA-STS policy fetches over HTTPS.
+    fetches: sts_fetch::Fetches,
     /// Leased jobs waiting for a connection, per next hop.
     jobs: HashMap<String, std::collections::VecDeque<Job>>,
     /// Hops to dispatch at the end of the turn (`dispatch_later`).
@@ -343,6 +351,8 @@ impl Server {
             dns_sockets: Slab::new(),
             dns_by_query: HashMap::new(),
             resolving: HashMap::new(),
+            sts: sts::Sts::new(config.outbound_mta_sts),
+            fetches: sts_fetch::Fetches::default(),
             destinations: HashMap::new(),
             jobs: HashMap::new(),
             to_dispatch: Vec::new(),
@@ -465,6 +475,9 @@ impl Server {
                         self.out_event(t - OUT_BASE, Readiness::of(event))
                     }
                     Token(t) if (DNS_BASE..OUT_BASE).contains(&t) => self.dns_event(t - DNS_BASE),
+                    Token(t) if (FETCH_BASE..DNS_BASE).contains(&t) => {
+                        self.fetch_event(t - FETCH_BASE)
+                    }
                     // Hang-ups and errors surface through the next read.
                     Token(key) => {
                         inbound_events = true;
@@ -476,6 +489,7 @@ impl Server {
             self.fire_deadlines();
             self.fire_out_deadlines();
             self.fire_shaping();
+            self.fire_fetch_deadlines();
             self.http_deadlines();
             self.dns_flush();
             if self.accept_paused_until.is_some_and(|t| t <= self.now) {
@@ -546,6 +560,7 @@ impl Server {
             self.out_deadlines.first().map(|d| d.0),
             self.shaper.next_wake(),
             self.resolver.next_timeout(),
+            self.fetches.next_deadline(),
             self.turn.due(),
             self.shutdown,
             self.accept_paused_until,
@@ -638,6 +653,8 @@ impl Server {
             hold_backs,
             warned,
             shaping,
+            policies,
+            tls,
             generated,
             since,
         } = std::mem::take(&mut self.turn);
@@ -648,6 +665,8 @@ impl Server {
             hold_backs,
             warned,
             shaping,
+            policies,
+            tls,
         };
         // New mail goes straight to delivery while there is room for it.
         let lease_new = self.shutdown.is_none()
@@ -667,6 +686,8 @@ impl Server {
             hold_backs,
             warned,
             shaping,
+            policies,
+            tls,
             ..
         } = batch;
         match result {
@@ -713,6 +734,8 @@ impl Server {
                     hold_backs,
                     warned,
                     shaping,
+                    policies,
+                    tls,
                     generated,
                     since,
                 };

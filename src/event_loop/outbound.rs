@@ -14,7 +14,7 @@ use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{shaper, write_out, Readiness, Server, Transport, OUT_BASE};
+use super::{shaper, sts, write_out, Readiness, Server, Transport, OUT_BASE};
 use crate::config::{Config, RouteOptions, RouteTls};
 use crate::metrics::Direction;
 use crate::queue::{Lease, StoredMessage};
@@ -42,6 +42,9 @@ pub(super) struct Job {
     /// The next hop offered DSN and got the parameters: it reports.
     pub(super) dsn_passed: bool,
     pub(super) started_at: SystemTime,
+    /// TLS under an MTA-STS policy on the session its attempt was on, for
+    /// the history (`attempts.tls_result`).
+    pub(super) tls: Option<sts::TlsNote>,
 }
 
 /// Where a next hop's connections go: its hosts in the order to try them
@@ -53,6 +56,8 @@ pub(super) struct Destination {
     /// `mx1.example.org[192.0.2.1]:25`, or the address alone.
     pub(super) hosts: Vec<(String, SocketAddr)>,
     pub(super) current: usize,
+    /// The MTA-STS policy its MX hosts are under (enforce or testing).
+    pub(super) sts: Option<Rc<sts::Applied>>,
 }
 
 impl Destination {
@@ -60,6 +65,7 @@ impl Destination {
         Destination {
             hosts: vec![(addr.to_string(), addr)],
             current: 0,
+            sts: None,
         }
     }
 
@@ -69,15 +75,17 @@ impl Destination {
 }
 
 pub(super) struct OutConn {
-    transport: Transport,
-    client: Client,
+    pub(super) transport: Transport,
+    pub(super) client: Client,
     pub(super) hop: String,
     addr: SocketAddr,
     /// The host as the history shows it (see `Destination::hosts`).
-    label: String,
+    pub(super) label: String,
     connected: bool,
     /// Greeting and EHLO went through: the host is up.
-    greeted: bool,
+    pub(super) greeted: bool,
+    /// Under an MTA-STS policy: what it asks and what TLS came to.
+    pub(super) sts: Option<sts::StsConn>,
     inbuf: Vec<u8>,
     ready: Readiness,
     /// In `Server::out_ready`.
@@ -165,11 +173,12 @@ impl Server {
                 Ok(client) => Some(client),
                 Err(e) => {
                     let reply = Reply::local(451, "4.7.5", &format!("TLS with {label}: {e}"));
-                    return self.hop_failed(hop, addr, reply);
+                    return self.hop_failed(hop, addr, reply, None);
                 }
             },
             _ => None,
         };
+        let sts = self.sts_conn(hop, &label);
         let entry = self.out.vacant_entry();
         let key = entry.key();
         let stream = TcpStream::connect(addr).and_then(|mut stream| {
@@ -188,12 +197,13 @@ impl Server {
             Err(e) => {
                 self.metrics.outbound_connection(false);
                 let reply = Reply::local(451, "4.4.1", &format!("connect to {label}: {e}"));
-                return self.hop_failed(hop, addr, reply);
+                return self.hop_failed(hop, addr, reply, None);
             }
         };
         let deadline = self.now + self.timeouts.connect;
         let options = self.route_options.get(hop);
-        let policy = if self.tls.required || tls != RouteTls::Opportunistic {
+        let enforce = sts.as_ref().is_some_and(sts::StsConn::enforce);
+        let policy = if self.tls.required || tls != RouteTls::Opportunistic || enforce {
             TlsPolicy::Required
         } else {
             TlsPolicy::Opportunistic
@@ -209,7 +219,7 @@ impl Server {
             if let Err(e) = transport.start_client(config, name) {
                 let _ = self.poll.registry().deregister(&mut transport.stream);
                 let reply = Reply::local(451, "4.7.5", &format!("TLS with {label}: {e}"));
-                return self.hop_failed(hop, addr, reply);
+                return self.hop_failed(hop, addr, reply, None);
             }
             client.set_implicit_tls();
         }
@@ -221,6 +231,7 @@ impl Server {
             label,
             connected: false,
             greeted: false,
+            sts,
             inbuf: Vec::new(),
             ready: Readiness::default(),
             ready_queued: false,
@@ -231,6 +242,7 @@ impl Server {
         });
         self.out_deadlines.insert((deadline, key));
         debug!("connecting to {hop} [{addr}] as outbound {key}");
+        self.sts_opened(key);
     }
 
     /// Notes what the event says; the session is driven in `run_outbound`.
@@ -350,6 +362,13 @@ impl Server {
             let handshake = conn.transport.handshake_outcome(handshaking, &read);
             if let Some(ok) = handshake {
                 self.metrics.handshake(Direction::outbound, ok);
+                if conn.sts.is_some() {
+                    if let Some(reply) =
+                        sts::after_handshake(conn, ok, &read, &self.tls, &self.metrics)
+                    {
+                        return self.out_failed(key, reply);
+                    }
+                }
                 if !ok {
                     // A TLS problem (a bad certificate, say), not a
                     // network one: 4.7.5 (RFC 3463 "cryptographic failure").
@@ -438,6 +457,7 @@ impl Server {
                 let conn = &mut self.out[key];
                 if !conn.greeted {
                     conn.greeted = true;
+                    sts::after_greeting(conn, &self.metrics);
                     let hop = conn.hop.clone();
                     self.hop_up(&hop);
                 }
@@ -459,8 +479,13 @@ impl Server {
                 }
             }
             Event::Failed { reply, recipients } => {
+                let reply = match self.out.get_mut(key) {
+                    Some(conn) => sts::refused_before_tls(conn, reply, &self.metrics),
+                    None => reply,
+                };
+                let note = self.out.get(key).and_then(|c| c.sts.as_ref()?.note());
                 if let Some((hop, addr, false)) = self.session_over(key, &reply, recipients) {
-                    self.hop_failed(&hop, addr, reply);
+                    self.hop_failed(&hop, addr, reply, note);
                 }
             }
             Event::StartTls => self.start_tls(key),
@@ -475,9 +500,12 @@ impl Server {
         let conn = &mut self.out[key];
         conn.inbuf.clear();
         let (hop, label, addr) = (conn.hop.clone(), conn.label.clone(), conn.addr);
-        let started = self
-            .tls_client(&hop, &label, addr)
-            .and_then(|(config, name)| self.out[key].transport.start_client(config, name));
+        let client = match self.sts_tls_client(key) {
+            Some(client) => client,
+            None => self.tls_client(&hop, &label, addr),
+        };
+        let started =
+            client.and_then(|(config, name)| self.out[key].transport.start_client(config, name));
         let conn = &mut self.out[key];
         match started {
             Ok(()) => conn.client.tls_started(),
@@ -555,6 +583,7 @@ impl Server {
                     self.honor_routes,
                 );
                 self.metrics.outbound_transactions.inc();
+                job.tls = conn.sts.as_ref().and_then(sts::StsConn::note);
                 conn.job = Some(job);
                 conn.idle = false;
             }
@@ -597,6 +626,7 @@ impl Server {
             self.honor_routes,
         );
         self.metrics.outbound_transactions.inc();
+        job.tls = conn.sts.as_ref().and_then(sts::StsConn::note);
         conn.next = Some(job);
     }
 
@@ -606,8 +636,9 @@ impl Server {
             return;
         };
         let recipients = conn.client.fail(reply.clone());
+        let note = conn.sts.as_ref().and_then(sts::StsConn::note);
         if let Some((hop, addr, false)) = self.session_over(key, &reply, recipients) {
-            self.hop_failed(&hop, addr, reply);
+            self.hop_failed(&hop, addr, reply, note);
         }
     }
 
@@ -683,8 +714,9 @@ impl Server {
 
     /// No session could be had with `addr`: try the hop's next host (the
     /// next MX, RFC 5321 5.1); when none is left, hold the hop's mail back
-    /// until the retry time instead of trying once per message.
-    fn hop_failed(&mut self, hop: &str, addr: SocketAddr, reply: Reply) {
+    /// until the retry time instead of trying once per message. `tls`:
+    /// what TLS came to under an MTA-STS policy on the failed session.
+    fn hop_failed(&mut self, hop: &str, addr: SocketAddr, reply: Reply, tls: Option<sts::TlsNote>) {
         if let Some(destination) = self.destinations.get_mut(hop) {
             let at_current = destination.host().is_some_and(|(_, a)| *a == addr);
             if at_current && destination.current + 1 < destination.hosts.len() {
@@ -730,8 +762,9 @@ impl Server {
             .get_mut(hop)
             .map(|q| q.drain(..).collect())
             .unwrap_or_default();
-        for job in waiting {
+        for mut job in waiting {
             // They waited on this connection: it was their attempt too.
+            job.tls = tls;
             self.settle_job(
                 job,
                 &[],

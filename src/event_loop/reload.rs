@@ -141,6 +141,9 @@ impl Server {
         self.limits.out_total = config.outbound_max_connections;
         self.limits.out_per_host = config.outbound_max_connections_per_host;
         self.limits.chunking = config.outbound_chunking;
+        // Jobs already waiting on a policy look still get it; new jobs
+        // follow the switch.
+        self.sts.on = config.outbound_mta_sts;
         self.retry = config.retry.clone();
         self.timeouts = config.timeouts.clone();
         self.maildir = config.maildir.clone();

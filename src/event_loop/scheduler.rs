@@ -172,6 +172,7 @@ impl Server {
             next_piece: 0,
             dsn_passed: false,
             started_at: self.wall,
+            tls: None,
         })
     }
 
@@ -209,6 +210,7 @@ impl Server {
                     next_piece: 0,
                     dsn_passed: false,
                     started_at: self.wall,
+                    tls: None,
                 };
                 if let Some(hop) = self.start_job(job) {
                     if !hops.contains(&hop) {
@@ -232,7 +234,7 @@ impl Server {
                 None
             }
             Hop::Resolve(target, port) => {
-                self.resolve(job, target, port);
+                self.resolve_under_policy(job, target, port);
                 None
             }
             Hop::Connect(addr) => {
@@ -324,6 +326,19 @@ impl Server {
             &self.retry,
             job.dsn_passed,
         );
+        if let Some(note) = job.tls {
+            // Their indices once `report` has added them to the turn.
+            let first = self.turn.outcomes.len();
+            for (i, outcome) in settled.outcomes.iter().enumerate() {
+                if outcome.attempt.is_some() {
+                    self.turn.tls.push(crate::queue::AttemptTls {
+                        outcome: first + i,
+                        mode: note.mode.as_str(),
+                        result: note.result.as_str(),
+                    });
+                }
+            }
+        }
         for outcome in &settled.outcomes {
             info!(
                 "{}: to=<{}> relay={} status={} ({})",
@@ -498,6 +513,10 @@ pub(super) struct Turn {
     pub(super) warned: Vec<String>,
     /// Limits in force on next hops that changed (`hosts` view).
     pub(super) shaping: Vec<crate::queue::ShapeUpdate>,
+    /// MTA-STS policies fetched, or failed to be (`policies` view).
+    pub(super) policies: Vec<crate::queue::PolicyUpdate>,
+    /// TLS results of `outcomes` under a policy, in their order.
+    pub(super) tls: Vec<crate::queue::AttemptTls>,
     /// Bounces and delay warnings we made.
     pub(super) generated: Vec<Message>,
     /// When the oldest uncommitted outcome was decided.
@@ -517,6 +536,7 @@ impl Turn {
             || !self.hold_backs.is_empty()
             || !self.warned.is_empty()
             || !self.shaping.is_empty()
+            || !self.policies.is_empty()
             || self.outcomes.len() >= OUTCOMES_BATCH
     }
 
@@ -533,6 +553,7 @@ impl Turn {
             && self.hold_backs.is_empty()
             && self.warned.is_empty()
             && self.shaping.is_empty()
+            && self.policies.is_empty()
             && self.generated.is_empty()
     }
 }

@@ -66,6 +66,22 @@ impl Transport {
         failed.then_some(false)
     }
 
+    /// Queues plaintext in rustls, to go out once the handshake is done
+    /// (a request sent right after connecting); nothing is written here.
+    pub(super) fn queue_plaintext(&mut self, data: &[u8]) -> io::Result<()> {
+        match &mut self.tls {
+            Some(tls) => tls.writer().write_all(data),
+            None => Err(io::Error::other("no TLS session")),
+        }
+    }
+
+    /// The certificates the TLS peer presented (end entity first).
+    pub(super) fn peer_certificates(
+        &self,
+    ) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.tls.as_ref()?.peer_certificates()
+    }
+
     /// A TLS handshake is under way: the next read may do its expensive part.
     pub(super) fn is_handshaking(&self) -> bool {
         self.tls.as_ref().is_some_and(|c| c.is_handshaking())

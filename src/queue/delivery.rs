@@ -52,8 +52,15 @@ const DEFERRED_SQL: &str = "UPDATE recipients
 /// Applies everything of `batch` but its new messages, inside the caller's
 /// transaction.
 pub(super) fn apply(conn: &Connection, batch: &Batch<'_>) -> Result<(), QueueError> {
-    for outcome in &batch.outcomes {
-        apply_outcome(conn, outcome)?;
+    // `batch.tls` is in outcome order: walked alongside.
+    let mut tls = batch.tls.iter().peekable();
+    for (i, outcome) in batch.outcomes.iter().enumerate() {
+        while tls.next_if(|t| t.outcome < i).is_some() {}
+        let sts = tls.next_if(|t| t.outcome == i);
+        apply_outcome(conn, outcome, sts)?;
+    }
+    for update in &batch.policies {
+        super::policies::apply(conn, update)?;
     }
     let mut touched = HashSet::new();
     for outcome in &batch.outcomes {
@@ -88,7 +95,11 @@ fn final_status(state: &RecipientState) -> Option<&'static str> {
     }
 }
 
-fn apply_outcome(conn: &Connection, o: &Outcome) -> Result<(), QueueError> {
+fn apply_outcome(
+    conn: &Connection,
+    o: &Outcome,
+    tls: Option<&super::AttemptTls>,
+) -> Result<(), QueueError> {
     let counted = i64::from(o.attempt.is_some());
     let changed = match (&o.state, final_status(&o.state)) {
         // A hold the operator set meanwhile stays, a recipient already
@@ -135,8 +146,8 @@ fn apply_outcome(conn: &Connection, o: &Outcome) -> Result<(), QueueError> {
     if let Some(a) = &o.attempt {
         conn.prepare_cached(
             "INSERT INTO attempt_log (message_id, recipient, next_hop, host,
-                                      started_at, finished_at, reply)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                                      started_at, finished_at, reply, sts_mode, tls_result)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .and_then(|mut stmt| {
             stmt.execute(params![
@@ -146,7 +157,9 @@ fn apply_outcome(conn: &Connection, o: &Outcome) -> Result<(), QueueError> {
                 a.host,
                 iso8601(a.started_at),
                 iso8601(a.finished_at),
-                o.reply
+                o.reply,
+                tls.map(|t| t.mode),
+                tls.map(|t| t.result)
             ])
         })
         .map_err(|e| {

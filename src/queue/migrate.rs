@@ -25,6 +25,10 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         "0006_shaping.sql",
         include_str!("../../schema/0006_shaping.sql"),
     ),
+    (
+        "0007_mta_sts.sql",
+        include_str!("../../schema/0007_mta_sts.sql"),
+    ),
 ];
 
 /// Applies the missing migrations in one transaction, so a crash leaves the

@@ -5,6 +5,7 @@ mod body;
 mod delivery;
 mod inspect;
 mod migrate;
+mod policies;
 mod submit;
 #[cfg(test)]
 mod tests;
@@ -15,6 +16,8 @@ mod tests_body;
 #[cfg(test)]
 mod tests_delivery;
 #[cfg(test)]
+mod tests_policies;
+#[cfg(test)]
 mod tests_upkeep;
 mod watch;
 
@@ -23,6 +26,7 @@ pub use inspect::{
     age_bucket, AttemptRecord, HopStats, MessageDetail, PendingMessage, PendingRecipient,
     RecipientDetail, Stats, AGE_BUCKETS, STATUSES,
 };
+pub use policies::{AttemptTls, PolicyUpdate};
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -299,6 +303,10 @@ pub struct Batch<'a> {
     /// Message IDs whose delay warning went out.
     pub warned: Vec<String>,
     pub shaping: Vec<ShapeUpdate>,
+    /// MTA-STS policies fetched (or not) this turn.
+    pub policies: Vec<PolicyUpdate>,
+    /// TLS results of attempts under a policy, in outcome order.
+    pub tls: Vec<AttemptTls>,
 }
 
 impl Batch<'_> {
@@ -309,6 +317,7 @@ impl Batch<'_> {
             && self.hold_backs.is_empty()
             && self.warned.is_empty()
             && self.shaping.is_empty()
+            && self.policies.is_empty()
     }
 }
 

@@ -246,7 +246,11 @@ fn each_outcome_shows_in_the_views_and_history() {
         ]]
     );
     assert_eq!(
-        rows(&c, "SELECT * FROM attempts WHERE recipient = 'd@b.example'"),
+        rows(
+            &c,
+            "SELECT id, recipient, next_hop, host, started_at, finished_at, reply
+             FROM attempts WHERE recipient = 'd@b.example'"
+        ),
         [[
             "O1",
             "d@b.example",

@@ -65,7 +65,26 @@ fn views_have_the_spec_columns() {
             "host",
             "started_at",
             "finished_at",
-            "reply"
+            "reply",
+            // 0007: TLS under an MTA-STS policy, after the columns of 0002.
+            "sts_mode",
+            "tls_result"
+        ]
+    );
+    assert_eq!(
+        columns(&c, "policies"),
+        [
+            "domain",
+            "id",
+            "mode",
+            "mx",
+            "max_age",
+            "fetched_at",
+            "expires_at",
+            "expired",
+            "last_attempt",
+            "last_id",
+            "last_error"
         ]
     );
     assert_eq!(
@@ -173,6 +192,8 @@ fn failing_turn_leaves_nothing_applied() {
             hold_backs: vec![],
             warned: vec!["F1".into()],
             shaping: vec![],
+            policies: vec![],
+            tls: vec![],
         }
     };
 

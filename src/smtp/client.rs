@@ -492,6 +492,11 @@ impl Client {
         self.auth = Some((user.to_string(), password.clone()));
     }
 
+    /// The last EHLO reply offered STARTTLS (RFC 3207).
+    pub fn offered_starttls(&self) -> bool {
+        self.ext.starttls
+    }
+
     /// The connection is TLS from the first byte (RFC 8314 implicit TLS):
     /// no STARTTLS; the greeting comes over TLS.
     pub fn set_implicit_tls(&mut self) {

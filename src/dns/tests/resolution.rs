@@ -442,3 +442,74 @@ fn a_host_with_only_one_family_is_kept() {
     let want = Answer::Hosts(vec![cand("v4.example.test", &["192.0.2.4"])]);
     assert_eq!(answers(&mut r), vec![(host, want)]);
 }
+
+fn txt(owner: &str, strings: &[&str]) -> Record {
+    let data = strings.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    Record::from_rdata(
+        name(owner),
+        300,
+        RData::TXT(hickory_proto::rr::rdata::TXT::new(data)),
+    )
+}
+
+#[test]
+fn txt_records_are_joined_per_record_and_cached() {
+    let t0 = Instant::now();
+    let mut r = resolver(vec![s1()]);
+    let target = Target::Txt("_mta-sts.example.test".into());
+    assert_eq!(r.lookup(target.clone(), t0), None);
+    let q = one(&mut r);
+    assert_eq!(
+        q.question(),
+        ("_mta-sts.example.test.".into(), RecordType::TXT)
+    );
+    resp(&q)
+        .answer(txt("_mta-sts.example.test.", &["v=STSv1; ", "id=abc;"]))
+        .answer(txt("_mta-sts.example.test.", &["something else"]))
+        .send(&mut r, &q, t0);
+    let want = Answer::Txt(vec!["v=STSv1; id=abc;".into(), "something else".into()]);
+    assert_eq!(answers(&mut r), vec![(target.clone(), want.clone())]);
+    // From the cache, at once and without a query.
+    assert_eq!(r.lookup(target, t0 + secs(10)), Some(want));
+    assert!(sent(&mut r).is_empty());
+}
+
+#[test]
+fn no_txt_record_is_not_found_and_a_failure_is_temporary() {
+    let t0 = Instant::now();
+    let mut r = resolver(vec![s1()]);
+    let none = Target::Txt("_mta-sts.none.test".into());
+    r.lookup(none.clone(), t0);
+    let q = one(&mut r);
+    resp(&q)
+        .rcode(ResponseCode::NXDomain)
+        .soa("none.test.", 60)
+        .send(&mut r, &q, t0);
+    assert!(matches!(&answers(&mut r)[..], [(t, Answer::NotFound(_))] if *t == none));
+    let failing = Target::Txt("_mta-sts.failing.test".into());
+    r.lookup(failing.clone(), t0);
+    let q = one(&mut r);
+    resp(&q).rcode(ResponseCode::ServFail).send(&mut r, &q, t0);
+    assert!(matches!(&answers(&mut r)[..], [(t, Answer::TempFail(_))] if *t == failing));
+    // An address has no TXT records to ask for.
+    let literal = Target::Txt("[192.0.2.1]".into());
+    assert!(matches!(r.lookup(literal, t0), Some(Answer::NotFound(_))));
+}
+
+#[test]
+fn a_huge_txt_answer_keeps_a_bounded_number_of_records() {
+    let t0 = Instant::now();
+    let mut r = resolver(vec![s1()]);
+    let target = Target::Txt("_mta-sts.big.test".into());
+    r.lookup(target.clone(), t0);
+    let q = one(&mut r);
+    let mut response = resp(&q);
+    for i in 0..100 {
+        response = response.answer(txt("_mta-sts.big.test.", &[&format!("record {i}")]));
+    }
+    response.send(&mut r, &q, t0);
+    match &answers(&mut r)[..] {
+        [(_, Answer::Txt(texts))] => assert_eq!(texts.len(), crate::dns::MAX_TXT_RECORDS),
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,8 +1,16 @@
 //! MTA-STS (RFC 8461) as text: the `_mta-sts` TXT record and the policy
 //! file, and whether an MX host matches a policy. Pure: fetching (DNS,
-//! HTTPS) and caching are the loop's and the queue's.
+//! HTTPS) and caching are the loop's and the queue's; what to do next for
+//! a domain is `tracker`'s, the HTTP response `response`'s, and the names
+//! of TLS outcomes (RFC 8460) `result`'s.
 
 use std::fmt;
+
+pub mod response;
+pub mod result;
+pub mod tracker;
+
+pub use result::TlsResult;
 
 /// Largest `max_age` a policy may give (RFC 8461 3.2: about a year).
 pub const MAX_AGE_LIMIT: u32 = 31_557_600;
@@ -108,14 +116,10 @@ pub fn parse_policy(text: &str) -> Result<Policy, PolicyError> {
         let value = value.trim();
         match key.trim() {
             "version" => version = Some(value.to_string()),
-            "mode" => {
-                mode = Some(match value {
-                    "enforce" => Mode::Enforce,
-                    "testing" => Mode::Testing,
-                    "none" => Mode::None,
-                    _ => return err(format!("unknown mode {value:?}")),
-                })
-            }
+            "mode" => match Mode::parse(value) {
+                Some(m) => mode = Some(m),
+                None => return err(format!("unknown mode {value:?}")),
+            },
             "max_age" => {
                 let age: u32 = value
                     .parse()
@@ -151,7 +155,46 @@ pub fn parse_policy(text: &str) -> Result<Policy, PolicyError> {
     Ok(Policy { mode, mx, max_age })
 }
 
+/// Of a name's TXT records, the `_mta-sts` one: RFC 8461 3.1 says
+/// records not starting with `v=STSv1` are ignored and several STSv1
+/// records mean none.
+pub fn pick_record(texts: &[String]) -> Option<Result<Record, PolicyError>> {
+    let mut sts = texts
+        .iter()
+        .filter(|t| t.trim_start().starts_with("v=STSv1"));
+    let first = sts.next()?;
+    if sts.next().is_some() {
+        return Some(err("more than one v=STSv1 record"));
+    }
+    Some(parse_record(first.trim()))
+}
+
+impl Mode {
+    fn parse(value: &str) -> Option<Mode> {
+        match value {
+            "enforce" => Some(Mode::Enforce),
+            "testing" => Some(Mode::Testing),
+            "none" => Some(Mode::None),
+            _ => None,
+        }
+    }
+}
+
 impl Policy {
+    /// A policy as the queue stores it: mode and patterns as text.
+    pub fn from_stored(mode: &str, mx: &str, max_age: u32) -> Option<Policy> {
+        Some(Policy {
+            mode: Mode::parse(mode)?,
+            mx: mx.split_whitespace().map(str::to_string).collect(),
+            max_age,
+        })
+    }
+
+    /// The patterns as the queue stores them: space-separated.
+    pub fn mx_text(&self) -> String {
+        self.mx.join(" ")
+    }
+
     /// RFC 8461 4.1: the MX host name equals a pattern, or a wildcard
     /// pattern's base with exactly one label in front (`*.example.com`
     /// matches `mx1.example.com`, not `a.b.example.com` or `example.com`).
@@ -200,6 +243,24 @@ mod tests {
         assert!(!policy.matches("example.net"));
         assert!(!policy.matches("a.b.example.net"));
         assert!(!policy.matches("evil.example.com"));
+    }
+
+    #[test]
+    fn one_sts_record_among_others_is_picked() {
+        let texts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(pick_record(&texts(&["v=spf1 -all"])), None);
+        assert_eq!(
+            pick_record(&texts(&["v=spf1 -all", "v=STSv1; id=abc;"])),
+            Some(Ok(Record { id: "abc".into() }))
+        );
+        assert!(matches!(
+            pick_record(&texts(&["v=STSv1; id=a;", "v=STSv1; id=b;"])),
+            Some(Err(_))
+        ));
+        let stored = Policy::from_stored("testing", "mx.example *.example.net", 60).unwrap();
+        assert_eq!(stored.mx_text(), "mx.example *.example.net");
+        assert!(stored.matches("a.example.net"));
+        assert!(Policy::from_stored("strict", "", 0).is_none());
     }
 
     #[test]
