@@ -364,3 +364,71 @@ fn bad_keys_stop_start_up_with_the_file_named() {
         "{text}"
     );
 }
+
+/// Python's smtplib: STARTTLS, AUTH PLAIN, one message; prints the reply.
+const SMTPLIB: &str = r#"
+import smtplib, ssl, sys
+host, port, ca, user, password, sender, rcpt, path = sys.argv[1:9]
+ctx = ssl.create_default_context(cafile=ca)
+with smtplib.SMTP(host, int(port), timeout=20) as s:
+    s.starttls(context=ctx)
+    s.login(user, password)
+    s.sendmail(sender, [rcpt], open(path, 'rb').read())
+print('sent')
+"#;
+
+#[test]
+fn an_authenticated_client_is_trusted_to_be_signed_from_any_address() {
+    let test = "an_authenticated_client_is_trusted_to_be_signed_from_any_address";
+    let dir = tempdir();
+    let mut records = BTreeMap::new();
+    records.insert(
+        "s1._domainkey.example.com".to_string(),
+        keygen(dir.path(), "example.com", "s1", "rsa"),
+    );
+    certificate(dir.path());
+    std::fs::write(dir.path().join("users"), passwd("alice", "pa55word")).unwrap();
+    let sink = Sink::start();
+    // Nobody is trusted by address: only AUTH makes a client trusted.
+    let config = format!(
+        "hostname = \"localhost\"\nrelay_networks = []\n[routes]\n\"*\" = \"{}\"\n\
+         [tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n[auth]\nusers_file = \"users\"\n\
+         [dkim.\"example.com\"]\nselector = \"s1\"\nkey = \"s1.example.com.pem\"\n",
+        sink.addr
+    );
+    let mailhop = start_in(dir.path(), &config);
+    let addr = mailhop.listening(1)[0];
+    let path = dir.path().join("submitted.eml");
+    // smtplib sends bytes as they are (CRLF) and dot-stuffs them itself.
+    std::fs::write(&path, message("a@example.com", "authenticated", 50)).unwrap();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(SMTPLIB)
+        .args(["localhost", &addr.port().to_string()])
+        .arg(dir.path().join("cert.pem"))
+        .args(["alice", "pa55word", "a@example.com", "someone@far.example"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = sink.wait_for(1, Duration::from_secs(30));
+    let data = got[0].data.clone();
+    let text = String::from_utf8_lossy(&data);
+    assert!(text.contains("with ESMTPSA"), "{text}");
+    assert!(text.contains("\r\nDKIM-Signature: "), "{text}");
+    if !have_dkimpy() {
+        return skip(
+            test,
+            "dkimpy or PyNaCl not installed; the signature was not verified",
+        );
+    }
+    let verdict = verify(dir.path(), &records, &[data]);
+    assert_eq!(
+        verdict[0],
+        "pass d=example.com s=s1 a=rsa-sha256 signatures=1"
+    );
+}
