@@ -217,8 +217,9 @@ fn write_config(
 /// target directory is, built with `cargo build --release` when missing.
 fn find_mailhop(explicit: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(path) = explicit {
+        // Absolute: mailhop runs in a temporary folder of its own.
         return if path.is_file() {
-            Ok(path.to_path_buf())
+            std::fs::canonicalize(path).map_err(|e| format!("--mailhop {}: {e}", path.display()))
         } else {
             Err(format!("--mailhop {}: no such file", path.display()))
         };
