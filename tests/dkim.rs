@@ -432,3 +432,90 @@ fn an_authenticated_client_is_trusted_to_be_signed_from_any_address() {
         "pass d=example.com s=s1 a=rsa-sha256 signatures=1"
     );
 }
+
+#[test]
+fn a_reload_adds_a_key_and_a_bad_key_changes_nothing() {
+    let test = "a_reload_adds_a_key_and_a_bad_key_changes_nothing";
+    let dir = tempdir();
+    let mut records = BTreeMap::new();
+    records.insert(
+        "s1._domainkey.example.com".to_string(),
+        keygen(dir.path(), "example.com", "s1", "ed25519"),
+    );
+    records.insert(
+        "s2._domainkey.example.com".to_string(),
+        keygen(dir.path(), "example.com", "s2", "rsa"),
+    );
+    std::fs::write(dir.path().join("junk.pem"), "not a key\n").unwrap();
+    let sink = Sink::start();
+    let base = format!(
+        "relay_networks = [\"127.0.0.1/32\"]\n[routes]\n\"*\" = \"{}\"\n",
+        sink.addr
+    );
+    let mailhop = start_in(dir.path(), &base);
+    let addr = mailhop.listening(1)[0];
+    let reload = |selector: &str, key: &str, reloads: usize| {
+        std::fs::write(
+            dir.path().join("mailhop.toml"),
+            format!(
+                "listen = [\"127.0.0.1:0\"]\nqueue = \"queue.db\"\n{base}\
+                 [dkim.\"example.com\"]\nselector = \"{selector}\"\nkey = \"{key}\"\n"
+            ),
+        )
+        .unwrap();
+        mailhop.hangup();
+        mailhop.wait_log("SIGHUP: reloading", reloads);
+    };
+    let send_one = |subject: &str| {
+        let mut c = Client::connect(addr);
+        expect(&c.reply(), "220");
+        expect(&c.cmd("EHLO trusted.example"), "250");
+        expect(
+            &send(
+                &mut c,
+                "a@example.com",
+                &message("a@example.com", subject, 3),
+            ),
+            "250",
+        );
+        c.cmd("QUIT");
+    };
+
+    send_one("before");
+    // A key that cannot be read: the reload is refused, nothing is signed.
+    reload("s1", "junk.pem", 1);
+    mailhop.wait_log("reload refused", 1);
+    assert!(mailhop.log().contains("junk.pem"), "{}", mailhop.log());
+    send_one("refused");
+    // A good key: the next message is signed with it.
+    reload("s1", "s1.example.com.pem", 2);
+    mailhop.wait_log("reloaded:", 1);
+    send_one("ed25519");
+    // Rotating to another selector and key.
+    reload("s2", "s2.example.com.pem", 3);
+    mailhop.wait_log("reloaded:", 2);
+    send_one("rsa");
+
+    let got = by_subject(&sink.wait_for(4, Duration::from_secs(30)));
+    let signed = |s: &str| String::from_utf8_lossy(&got[s]).contains("\r\nDKIM-Signature: ");
+    assert!(!signed("before") && !signed("refused"));
+    assert!(signed("ed25519") && signed("rsa"));
+    if !have_dkimpy() {
+        return skip(
+            test,
+            "dkimpy or PyNaCl not installed; the signatures were not verified",
+        );
+    }
+    let verdicts = verify(
+        dir.path(),
+        &records,
+        &[got["ed25519"].clone(), got["rsa"].clone()],
+    );
+    assert_eq!(
+        verdicts,
+        [
+            "pass d=example.com s=s1 a=ed25519-sha256 signatures=1",
+            "pass d=example.com s=s2 a=rsa-sha256 signatures=1"
+        ]
+    );
+}
