@@ -15,15 +15,10 @@ use common::*;
 
 /// Runs `mailhop dkim keygen`; returns the TXT record's text (strings joined).
 fn keygen(dir: &Path, domain: &str, selector: &str, algorithm: &str) -> String {
-    let out = Command::new(BIN)
-        .args(["dkim", "keygen", domain, selector, "--algorithm", algorithm])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeed(
+        Command::new(BIN)
+            .args(["dkim", "keygen", domain, selector, "--algorithm", algorithm])
+            .current_dir(dir),
     );
     let text = String::from_utf8(out.stdout).unwrap();
     let line = text
@@ -82,17 +77,7 @@ fn verify(dir: &Path, records: &BTreeMap<String, String>, messages: &[Vec<u8>]) 
         std::fs::write(&path, m).unwrap();
         args.push(path);
     }
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(VERIFY)
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeed(Command::new("python3").arg("-c").arg(VERIFY).args(&args));
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -401,19 +386,14 @@ fn an_authenticated_client_is_trusted_to_be_signed_from_any_address() {
     let path = dir.path().join("submitted.eml");
     // smtplib sends bytes as they are (CRLF) and dot-stuffs them itself.
     std::fs::write(&path, message("a@example.com", "authenticated", 50)).unwrap();
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(SMTPLIB)
-        .args(["localhost", &addr.port().to_string()])
-        .arg(dir.path().join("cert.pem"))
-        .args(["alice", "pa55word", "a@example.com", "someone@far.example"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new("python3")
+            .arg("-c")
+            .arg(SMTPLIB)
+            .args(["localhost", &addr.port().to_string()])
+            .arg(dir.path().join("cert.pem"))
+            .args(["alice", "pa55word", "a@example.com", "someone@far.example"])
+            .arg(&path),
     );
     let got = sink.wait_for(1, Duration::from_secs(30));
     let data = got[0].data.clone();

@@ -180,20 +180,8 @@ fn relay(dir: &std::path::Path, dns: SocketAddr, extra: &str) -> Mailhop {
     )
 }
 
-/// Sends one message from the null sender (so no bounce traffic).
-fn send(mailhop: &Mailhop, rcpt: &str) -> String {
-    let mut c = mailhop.connect();
-    c.reply();
-    c.cmd("EHLO client.test");
-    expect(&c.cmd("MAIL FROM:<>"), "250");
-    expect(&c.cmd(&format!("RCPT TO:<{rcpt}>")), "250");
-    expect(&c.cmd("DATA"), "354");
-    c.send(b"Subject: dns\r\n\r\nhi\r\n.\r\n");
-    queued_id(&c.reply())
-}
-
 /// Waits for `sql` to give `want` (bounded), returns what it gave last.
-fn wait_rows(mailhop: &Mailhop, sql: &str, want: &[&str]) -> Vec<String> {
+fn wait_rows_to_be(mailhop: &Mailhop, sql: &str, want: &[&str]) -> Vec<String> {
     let db = open_queue(&mailhop.queue_path());
     let start = Instant::now();
     loop {
@@ -231,12 +219,12 @@ fn mail_goes_to_the_preferred_mx_and_fails_over_to_the_next() {
     }));
     let dir = tempdir();
     let mailhop = relay(dir.path(), dns.addr, "");
-    let id = send(&mailhop, "u@up.test");
+    let id = send_from_null(&mailhop, "u@up.test");
     assert_eq!(mx1.wait_for(1, WAIT).len(), 1, "{}", mailhop.log());
     assert_eq!(mx2.count(), 0);
-    let id2 = send(&mailhop, "u@half.test");
+    let id2 = send_from_null(&mailhop, "u@half.test");
     assert_eq!(mx2.wait_for(1, WAIT).len(), 1, "{}", mailhop.log());
-    let got = wait_rows(
+    let got = wait_rows_to_be(
         &mailhop,
         &format!("SELECT next_hop, status FROM deliveries WHERE id = '{id2}'"),
         &["half.test|delivered"],
@@ -269,24 +257,24 @@ fn null_mx_and_nxdomain_bounce_and_a_silent_server_defers() {
     }));
     let dir = tempdir();
     let mailhop = relay(dir.path(), dns.addr, "");
-    let null = send(&mailhop, "u@nullmx.test");
-    let nx = send(&mailhop, "u@nx.test");
-    let broken = send(&mailhop, "u@broken.test");
-    let silent = send(&mailhop, "u@silent.test");
-    let got = wait_rows(
+    let null = send_from_null(&mailhop, "u@nullmx.test");
+    let nx = send_from_null(&mailhop, "u@nx.test");
+    let broken = send_from_null(&mailhop, "u@broken.test");
+    let silent = send_from_null(&mailhop, "u@silent.test");
+    let got = wait_rows_to_be(
         &mailhop,
         &format!("SELECT status, substr(reply, 1, 10) FROM deliveries WHERE id = '{null}'"),
         &["bounced|550 5.1.10"],
     );
     assert_eq!(got, ["bounced|550 5.1.10"], "{}", mailhop.log());
-    let got = wait_rows(
+    let got = wait_rows_to_be(
         &mailhop,
         &format!("SELECT status, substr(reply, 1, 9) FROM deliveries WHERE id = '{nx}'"),
         &["bounced|550 5.1.2"],
     );
     assert_eq!(got, ["bounced|550 5.1.2"]);
     for id in [broken, silent] {
-        let got = wait_rows(
+        let got = wait_rows_to_be(
             &mailhop,
             &format!("SELECT status, substr(last_reply, 1, 9) FROM queue WHERE id = '{id}'"),
             &["deferred|451 4.4.3"],
@@ -318,8 +306,8 @@ fn a_timeout_then_an_answer_and_a_truncated_answer_still_deliver() {
     }));
     let dir = tempdir();
     let mailhop = relay(dir.path(), dns.addr, "");
-    send(&mailhop, "u@slow.test");
-    send(&mailhop, "u@big.test");
+    send_from_null(&mailhop, "u@slow.test");
+    send_from_null(&mailhop, "u@big.test");
     assert_eq!(sink.wait_for(2, WAIT).len(), 2, "{}", mailhop.log());
     assert!(
         dropped.load(Ordering::SeqCst) >= 2,
@@ -341,8 +329,8 @@ fn an_mx_pointing_back_at_this_host_bounces_instead_of_looping() {
     }));
     let dir = tempdir();
     let mailhop = relay(dir.path(), dns.addr, "");
-    let id = send(&mailhop, "u@loop.test");
-    let got = wait_rows(
+    let id = send_from_null(&mailhop, "u@loop.test");
+    let got = wait_rows_to_be(
         &mailhop,
         &format!("SELECT status, substr(reply, 1, 9) FROM deliveries WHERE id = '{id}'"),
         &["bounced|554 5.4.6"],
@@ -391,10 +379,10 @@ fn a_real_dnsmasq_serves_the_mx_records() {
     std::thread::sleep(Duration::from_millis(300));
     let dir = tempdir();
     let mailhop = relay(dir.path(), format!("127.0.0.1:{port}").parse().unwrap(), "");
-    send(&mailhop, "u@dm.test");
-    let nx = send(&mailhop, "u@nothere.dm.test");
+    send_from_null(&mailhop, "u@dm.test");
+    let nx = send_from_null(&mailhop, "u@nothere.dm.test");
     let delivered = mx.wait_for(1, WAIT).len();
-    let bounced = wait_rows(
+    let bounced = wait_rows_to_be(
         &mailhop,
         &format!("SELECT status, substr(reply, 1, 9) FROM deliveries WHERE id = '{nx}'"),
         &["bounced|550 5.1.2"],

@@ -64,15 +64,7 @@ assert code == 502, (code, msg)
 s.quit()
 print("ok")
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, &mailhop.addr.port().to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(Command::new("python3").args(["-c", script, &mailhop.addr.port().to_string()]));
     assert_eq!(queued_count(&mailhop, "jones@beta.example"), 1);
 }
 
@@ -89,26 +81,21 @@ fn curl_sends_a_mail() {
         "From: a@alpha.example\r\nSubject: curl\r\n\r\nHello from curl\r\n.\r\n",
     )
     .unwrap();
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20"])
-        .arg(format!(
-            "smtp://127.0.0.1:{}/client.test",
-            mailhop.addr.port()
-        ))
-        .args([
-            "--mail-from",
-            "a@alpha.example",
-            "--mail-rcpt",
-            "brown@beta.example",
-            "-T",
-        ])
-        .arg(&mail)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "20"])
+            .arg(format!(
+                "smtp://127.0.0.1:{}/client.test",
+                mailhop.addr.port()
+            ))
+            .args([
+                "--mail-from",
+                "a@alpha.example",
+                "--mail-rcpt",
+                "brown@beta.example",
+                "-T",
+            ])
+            .arg(&mail),
     );
     assert_eq!(queued_count(&mailhop, "brown@beta.example"), 1);
     // A refused recipient makes curl fail, and nothing is queued.
@@ -187,15 +174,11 @@ fn the_sqlite3_shell_reads_the_views_with_the_spec_columns() {
     c.send(b"Subject: x\r\n\r\nx\r\n.\r\n");
     let id = queued_id(&c.reply());
     let run = |sql: &str| {
-        let out = Command::new("sqlite3")
-            .args(["-header", mailhop.queue_path().to_str().unwrap(), sql])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = succeed(Command::new("sqlite3").args([
+            "-header",
+            mailhop.queue_path().to_str().unwrap(),
+            sql,
+        ]));
         String::from_utf8(out.stdout).unwrap()
     };
     let queue = run("SELECT * FROM queue");

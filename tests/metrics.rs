@@ -353,14 +353,6 @@ assert families["mailhop_queue_recipients"].type == "gauge"
 print(int(accepted[0]))
 "#
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeed(Command::new("python3").args(["-c", &script]));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
 }

@@ -319,31 +319,6 @@ fn relay_with(dir: &std::path::Path, ca: &Ca, dns_port: u16, extra: &str) -> Mai
     start_in(dir, &relay_config(dns_port, extra))
 }
 
-/// Sends one message from the null sender (no bounce traffic).
-fn send(mailhop: &Mailhop, rcpt: &str) -> String {
-    let mut c = mailhop.connect();
-    c.reply();
-    c.cmd("EHLO client.test");
-    expect(&c.cmd("MAIL FROM:<>"), "250");
-    expect(&c.cmd(&format!("RCPT TO:<{rcpt}>")), "250");
-    expect(&c.cmd("DATA"), "354");
-    c.send(b"Subject: sts\r\n\r\nhi\r\n.\r\n");
-    queued_id(&c.reply())
-}
-
-/// Waits for `sql` to give a row (bounded); its rows.
-fn wait_rows(mailhop: &Mailhop, sql: &str) -> Vec<String> {
-    let db = open_queue(&mailhop.queue_path());
-    let start = Instant::now();
-    loop {
-        let got = rows(&db, sql);
-        if !got.is_empty() || start.elapsed() > WAIT {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn wait_until(what: impl Fn() -> bool) -> bool {
     let start = Instant::now();
     while !what() {
@@ -465,14 +440,14 @@ fn enforce_delivers_to_a_matching_mx_and_defers_others_with_4_7_5() {
     let dir = tempdir();
     let mailhop = relay(dir.path(), &ca, port);
 
-    send(&mailhop, "a@enf.sts.test");
+    send_from_null(&mailhop, "a@enf.sts.test");
     assert!(
         wait_until(|| good.lock().unwrap().len() == 1),
         "{}",
         mailhop.log()
     );
     // The policy is cached: a second message fetches nothing again.
-    send(&mailhop, "b@enf.sts.test");
+    send_from_null(&mailhop, "b@enf.sts.test");
     assert!(
         wait_until(|| good.lock().unwrap().len() == 2),
         "{}",
@@ -485,10 +460,10 @@ fn enforce_delivers_to_a_matching_mx_and_defers_others_with_4_7_5() {
             (true, "<b@enf.sts.test>".into())
         ]
     );
-    let other = send(&mailhop, "c@other.sts.test");
-    let plain = send(&mailhop, "d@plain.sts.test");
+    let other = send_from_null(&mailhop, "c@other.sts.test");
+    let plain = send_from_null(&mailhop, "d@plain.sts.test");
     let refused = wait_rows(
-        &mailhop,
+        &mailhop.queue_path(),
         &format!("SELECT sts_mode, tls_result, reply FROM attempts WHERE id = '{other}'"),
     );
     assert_eq!(refused.len(), 1, "{}", mailhop.log());
@@ -500,7 +475,7 @@ fn enforce_delivers_to_a_matching_mx_and_defers_others_with_4_7_5() {
         "{refused:?}"
     );
     let no_tls = wait_rows(
-        &mailhop,
+        &mailhop.queue_path(),
         &format!("SELECT sts_mode, tls_result, reply FROM attempts WHERE id = '{plain}'"),
     );
     assert_eq!(no_tls.len(), 1, "{}", mailhop.log());
@@ -512,9 +487,9 @@ fn enforce_delivers_to_a_matching_mx_and_defers_others_with_4_7_5() {
         ("e@bad.sts.test", "certificate-not-trusted"),
         ("f@wrong.sts.test", "certificate-host-mismatch"),
     ] {
-        let id = send(&mailhop, rcpt);
+        let id = send_from_null(&mailhop, rcpt);
         let got = wait_rows(
-            &mailhop,
+            &mailhop.queue_path(),
             &format!("SELECT tls_result, reply FROM attempts WHERE id = '{id}'"),
         );
         assert_eq!(got.len(), 1, "{}", mailhop.log());
@@ -661,10 +636,10 @@ fn testing_mode_delivers_and_logs_what_enforce_would_refuse() {
     };
     let dir = tempdir();
     let mailhop = relay(dir.path(), &ca, port);
-    let id = send(&mailhop, "u@tst.sts.test");
+    let id = send_from_null(&mailhop, "u@tst.sts.test");
     assert_eq!(clear.wait_for(1, WAIT).len(), 1, "{}", mailhop.log());
     let got = wait_rows(
-        &mailhop,
+        &mailhop.queue_path(),
         &format!(
             "SELECT sts_mode, tls_result, substr(reply, 1, 3) FROM attempts WHERE id = '{id}'"
         ),
@@ -684,8 +659,8 @@ fn testing_mode_delivers_and_logs_what_enforce_would_refuse() {
     );
     // Over TLS: the certificate is checked as enforce would, and the mail
     // goes either way.
-    send(&mailhop, "v@tgood.sts.test");
-    send(&mailhop, "w@tbad.sts.test");
+    send_from_null(&mailhop, "v@tgood.sts.test");
+    send_from_null(&mailhop, "w@tbad.sts.test");
     assert!(
         wait_until(|| good.lock().unwrap().len() == 1 && bad.lock().unwrap().len() == 1),
         "{}",
@@ -766,15 +741,15 @@ fn a_redirect_is_refused_and_mail_goes_as_without_a_policy() {
     };
     let dir = tempdir();
     let mailhop = relay(dir.path(), &ca, port);
-    let id = send(&mailhop, "u@redir.sts.test");
+    let id = send_from_null(&mailhop, "u@redir.sts.test");
     assert_eq!(clear.wait_for(1, WAIT).len(), 1, "{}", mailhop.log());
     let got = wait_rows(
-        &mailhop,
+        &mailhop.queue_path(),
         &format!("SELECT sts_mode IS NULL, substr(reply, 1, 3) FROM attempts WHERE id = '{id}'"),
     );
     assert_eq!(got, ["1|250"], "{}", mailhop.log());
     let policy = wait_rows(
-        &mailhop,
+        &mailhop.queue_path(),
         "SELECT id IS NULL, last_id, last_error FROM policies",
     );
     assert_eq!(policy.len(), 1);
@@ -831,7 +806,7 @@ fn a_failed_refetch_keeps_the_cached_policy() {
     };
     let dir = tempdir();
     let mailhop = relay(dir.path(), &ca, port);
-    send(&mailhop, "a@keep.sts.test");
+    send_from_null(&mailhop, "a@keep.sts.test");
     assert!(
         wait_until(|| good.lock().unwrap().len() == 1),
         "{}",
@@ -857,9 +832,9 @@ fn a_failed_refetch_keeps_the_cached_policy() {
         return;
     };
     let mailhop = relay(dir.path(), &ca, port);
-    let id = send(&mailhop, "b@keep.sts.test");
+    let id = send_from_null(&mailhop, "b@keep.sts.test");
     let got = wait_rows(
-        &mailhop,
+        &mailhop.queue_path(),
         &format!("SELECT tls_result, reply FROM attempts WHERE id = '{id}'"),
     );
     assert_eq!(got.len(), 1, "{}", mailhop.log());
@@ -875,7 +850,7 @@ fn a_failed_refetch_keeps_the_cached_policy() {
         mailhop.log()
     );
     let policy = wait_rows(
-        &mailhop,
+        &mailhop.queue_path(),
         "SELECT id, mode, mx, last_id, last_error FROM policies WHERE last_id = '2'",
     );
     assert_eq!(
@@ -927,10 +902,10 @@ fn the_off_switch_and_a_reload_that_turns_it_on() {
     let dir = tempdir();
     let mailhop = relay_with(dir.path(), &ca, port, "[outbound]\nmta_sts = false\n");
     // Off: no policy is looked for, the mail goes as always.
-    let id = send(&mailhop, "a@sw.sts.test");
+    let id = send_from_null(&mailhop, "a@sw.sts.test");
     assert_eq!(clear.wait_for(1, WAIT).len(), 1, "{}", mailhop.log());
     let got = wait_rows(
-        &mailhop,
+        &mailhop.queue_path(),
         &format!("SELECT sts_mode IS NULL, substr(reply, 1, 3) FROM attempts WHERE id = '{id}'"),
     );
     assert_eq!(got, ["1|250"]);
@@ -943,9 +918,9 @@ fn the_off_switch_and_a_reload_that_turns_it_on() {
     std::fs::write(dir.path().join("mailhop.toml"), config).unwrap();
     mailhop.hangup();
     mailhop.wait_log("reloaded", 1);
-    let id = send(&mailhop, "b@sw.sts.test");
+    let id = send_from_null(&mailhop, "b@sw.sts.test");
     let got = wait_rows(
-        &mailhop,
+        &mailhop.queue_path(),
         &format!("SELECT tls_result, substr(reply, 1, 9) FROM attempts WHERE id = '{id}'"),
     );
     assert_eq!(got, ["validation-failure|451 4.7.5"], "{}", mailhop.log());
@@ -1012,7 +987,7 @@ fn a_policy_that_cannot_be_had_is_no_policy() {
     let dir = tempdir();
     let mailhop = relay(dir.path(), &ca, port);
     for rcpt in ["a@html.sts.test", "b@untrusted.sts.test", "c@down.sts.test"] {
-        send(&mailhop, rcpt);
+        send_from_null(&mailhop, rcpt);
     }
     assert_eq!(clear.wait_for(3, WAIT).len(), 3, "{}", mailhop.log());
     assert!(wait_until(|| rows(

@@ -665,15 +665,7 @@ for user, rcpt in (("jones", "Jones@Beta.ARPA"), ("brown", "Brown@Beta.ARPA")):
     assert m.get_payload() == "Blah blah blah...\n..etc. etc. etc.\n", repr(m.get_payload())
 print("ok")
 "#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script, maildir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(std::process::Command::new("python3").args(["-c", script, maildir.to_str().unwrap()]));
 }
 
 #[test]

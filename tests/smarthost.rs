@@ -71,19 +71,6 @@ fn send_one(mailhop: &Mailhop) -> String {
     queued_id(&c.reply())
 }
 
-/// Polls `sql` on `db` until it returns something, for up to 30 s.
-fn wait_rows(db: &Path, sql: &str) -> Vec<String> {
-    let conn = open_queue(db);
-    let start = Instant::now();
-    loop {
-        let got = rows(&conn, sql);
-        if !got.is_empty() || start.elapsed() > Duration::from_secs(30) {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Nowhere in the log, the queue files or `check-config` output.
 fn password_nowhere(mailhop: &Mailhop, dir: &Path) {
     let log = mailhop.log();

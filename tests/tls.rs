@@ -320,24 +320,19 @@ fn real_clients_swaks_curl_openssl() {
     if have("curl") {
         let mail = dir.path().join("mail.txt");
         std::fs::write(&mail, "Subject: curl over tls\r\n\r\nhi\r\n").unwrap();
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "20", "--ssl-reqd", "-k"])
-            .arg(format!("smtp://127.0.0.1:{port}/client.test"))
-            .args(["--user", &format!("{USER}:{PASSWORD}")])
-            .args([
-                "--mail-from",
-                "a@client.test",
-                "--mail-rcpt",
-                "u@elsewhere.example",
-                "-T",
-            ])
-            .arg(&mail)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        succeed(
+            Command::new("curl")
+                .args(["-sS", "--max-time", "20", "--ssl-reqd", "-k"])
+                .arg(format!("smtp://127.0.0.1:{port}/client.test"))
+                .args(["--user", &format!("{USER}:{PASSWORD}")])
+                .args([
+                    "--mail-from",
+                    "a@client.test",
+                    "--mail-rcpt",
+                    "u@elsewhere.example",
+                    "-T",
+                ])
+                .arg(&mail),
         );
         let out = Command::new("curl")
             .args(["-sS", "--max-time", "20", "-k"])

@@ -310,6 +310,33 @@ pub fn one_transaction(addr: SocketAddr, rcpt: &str) -> (String, Duration) {
     (reply, start.elapsed())
 }
 
+/// Sends one message from the null sender (so no bounce traffic); its
+/// queue ID.
+pub fn send_from_null(mailhop: &Mailhop, rcpt: &str) -> String {
+    let mut c = mailhop.connect();
+    c.reply();
+    c.cmd("EHLO client.test");
+    expect(&c.cmd("MAIL FROM:<>"), "250");
+    expect(&c.cmd(&format!("RCPT TO:<{rcpt}>")), "250");
+    expect(&c.cmd("DATA"), "354");
+    c.send(b"Subject: test\r\n\r\nhi\r\n.\r\n");
+    queued_id(&c.reply())
+}
+
+/// Polls `sql` on the queue file `db` until it returns something, for up
+/// to 30 s; what it returned last.
+pub fn wait_rows(db: &Path, sql: &str) -> Vec<String> {
+    let conn = open_queue(db);
+    let start = Instant::now();
+    loop {
+        let got = rows(&conn, sql);
+        if !got.is_empty() || start.elapsed() > Duration::from_secs(30) {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 // ---- Real peers: Postfix and its smtp-sink / smtp-source (tests/peers.rs) ----
 
 /// A program on PATH or in the sbin folders (Postfix installs there), which a
@@ -350,6 +377,18 @@ pub fn wait_listening(addr: SocketAddr, limit: Duration) -> bool {
 pub fn is_root() -> bool {
     // SAFETY: geteuid(2) cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs `cmd` to its end and returns what it printed; fails the test with
+/// its stderr unless it exits 0.
+pub fn succeed(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Runs `cmd` to completion, killing it after `limit`; `None` on timeout.
