@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -354,24 +354,6 @@ impl Watchdog {
     }
 }
 
-/// One SMTP reply from `-bs` (all its lines), `\n`-joined, without CRLFs.
-fn reply(from: &mut impl BufRead) -> String {
-    let mut lines = Vec::new();
-    loop {
-        let mut line = String::new();
-        if from.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        let line = line.trim_end_matches(['\r', '\n']).to_string();
-        let last = line.as_bytes().get(3) != Some(&b'-');
-        lines.push(line);
-        if last {
-            break;
-        }
-    }
-    lines.join("\n")
-}
-
 /// (3) `-bs`: the server's own SMTP machine on stdin/stdout; the 250
 /// comes with the queue ID once the message is committed.
 #[test]
@@ -387,10 +369,10 @@ fn dash_bs_is_an_smtp_session_on_stdin_and_stdout() {
     let mut to = child.stdin.take().unwrap();
     let mut from = BufReader::new(child.stdout.take().unwrap());
     let watchdog = Watchdog::new(child, LIMIT);
-    assert_eq!(reply(&mut from), "220 host.test ESMTP mailhop");
+    assert_eq!(read_reply(&mut from), "220 host.test ESMTP mailhop");
     let mut cmd = |line: &str| {
         to.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-        reply(&mut from)
+        read_reply(&mut from)
     };
     let ehlo = cmd("EHLO me.local");
     expect(&ehlo, "250-host.test");

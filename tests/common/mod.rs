@@ -169,20 +169,7 @@ impl Client {
 
     /// One reply, all its lines joined by `\n`, without CRLFs. Empty at EOF.
     pub fn reply(&mut self) -> String {
-        let mut lines = Vec::new();
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
-                break;
-            }
-            let line = line.trim_end_matches(['\r', '\n']).to_string();
-            let last = line.as_bytes().get(3) != Some(&b'-');
-            lines.push(line);
-            if last {
-                break;
-            }
-        }
-        lines.join("\n")
+        read_reply(&mut self.reader)
     }
 
     /// Sends one command line and returns its reply.
@@ -308,6 +295,25 @@ pub fn one_transaction(addr: SocketAddr, rcpt: &str) -> (String, Duration) {
     let reply = c.reply();
     c.cmd("QUIT");
     (reply, start.elapsed())
+}
+
+/// One SMTP reply read from `from`, all its lines joined by `\n`, without
+/// CRLFs. Empty at EOF.
+pub fn read_reply(from: &mut impl BufRead) -> String {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if from.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
+        let last = line.as_bytes().get(3) != Some(&b'-');
+        lines.push(line);
+        if last {
+            break;
+        }
+    }
+    lines.join("\n")
 }
 
 /// Sends one message from the null sender (so no bounce traffic); its
