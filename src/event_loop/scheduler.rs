@@ -52,7 +52,6 @@ impl Server {
         if self.now < self.next_scan || !self.room_to_lease() {
             return;
         }
-        self.notice_operator_retries();
         let room = MAX_JOBS.saturating_sub(self.jobs_in_memory);
         let leases = if room == 0 {
             Vec::new()
@@ -74,6 +73,12 @@ impl Server {
             }
             self.depth.active += 1;
         }
+        // After the lease, not before: `queue retry` makes recipients due
+        // and sets their hop's retry time in one transaction, so a lease
+        // that saw the one sees the other here. Looked at before, a retry
+        // committed in between would meet the hop still failing and its
+        // mail would go back to waiting for the old retry time.
+        self.notice_operator_retries();
         let mut hops = Vec::new();
         for lease in leases {
             if let Some(hop) = self.start(lease) {
