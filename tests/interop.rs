@@ -81,38 +81,16 @@ fn curl_sends_a_mail() {
         "From: a@alpha.example\r\nSubject: curl\r\n\r\nHello from curl\r\n.\r\n",
     )
     .unwrap();
-    succeed(
-        Command::new("curl")
-            .args(["-sS", "--max-time", "20"])
-            .arg(format!(
-                "smtp://127.0.0.1:{}/client.test",
-                mailhop.addr.port()
-            ))
-            .args([
-                "--mail-from",
-                "a@alpha.example",
-                "--mail-rcpt",
-                "brown@beta.example",
-                "-T",
-            ])
-            .arg(&mail),
-    );
+    let url = format!("smtp://127.0.0.1:{}/client.test", mailhop.addr.port());
+    succeed(&mut curl_mail(
+        &url,
+        "a@alpha.example",
+        "brown@beta.example",
+        &mail,
+    ));
     assert_eq!(queued_count(&mailhop, "brown@beta.example"), 1);
     // A refused recipient makes curl fail, and nothing is queued.
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20"])
-        .arg(format!(
-            "smtp://127.0.0.1:{}/client.test",
-            mailhop.addr.port()
-        ))
-        .args([
-            "--mail-from",
-            "a@alpha.example",
-            "--mail-rcpt",
-            "green@beta.example",
-            "-T",
-        ])
-        .arg(&mail)
+    let out = curl_mail(&url, "a@alpha.example", "green@beta.example", &mail)
         .output()
         .unwrap();
     assert!(!out.status.success());

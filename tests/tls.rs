@@ -320,32 +320,13 @@ fn real_clients_swaks_curl_openssl() {
     if have("curl") {
         let mail = dir.path().join("mail.txt");
         std::fs::write(&mail, "Subject: curl over tls\r\n\r\nhi\r\n").unwrap();
-        succeed(
-            Command::new("curl")
-                .args(["-sS", "--max-time", "20", "--ssl-reqd", "-k"])
-                .arg(format!("smtp://127.0.0.1:{port}/client.test"))
-                .args(["--user", &format!("{USER}:{PASSWORD}")])
-                .args([
-                    "--mail-from",
-                    "a@client.test",
-                    "--mail-rcpt",
-                    "u@elsewhere.example",
-                    "-T",
-                ])
-                .arg(&mail),
-        );
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "20", "-k"])
-            .arg(format!("smtps://127.0.0.1:{}/client.test", implicit.port()))
-            .args(["--user", &format!("{USER}:{PASSWORD}")])
-            .args([
-                "--mail-from",
-                "a@client.test",
-                "--mail-rcpt",
-                "u@elsewhere.example",
-                "-T",
-            ])
-            .arg(&mail)
+        let user = format!("{USER}:{PASSWORD}");
+        let (from, rcpt) = ("a@client.test", "u@elsewhere.example");
+        let url = format!("smtp://127.0.0.1:{port}/client.test");
+        succeed(curl_mail(&url, from, rcpt, &mail).args(["--ssl-reqd", "-k", "--user", &user]));
+        let url = format!("smtps://127.0.0.1:{}/client.test", implicit.port());
+        let out = curl_mail(&url, from, rcpt, &mail)
+            .args(["-k", "--user", &user])
             .output()
             .unwrap();
         assert!(

@@ -397,6 +397,16 @@ pub fn succeed(cmd: &mut Command) -> std::process::Output {
     out
 }
 
+/// `curl` sending the file `mail` to `url` (`smtp://` or `smtps://`) for
+/// one envelope, within 20 s; callers add their options (TLS, `--user`).
+pub fn curl_mail(url: &str, from: &str, rcpt: &str, mail: &Path) -> Command {
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "--max-time", "20", url])
+        .args(["--mail-from", from, "--mail-rcpt", rcpt, "-T"])
+        .arg(mail);
+    curl
+}
+
 /// Runs `cmd` to completion, killing it after `limit`; `None` on timeout.
 pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Option<ExitStatus> {
     let mut child = cmd.spawn().ok()?;
